@@ -23,8 +23,8 @@ reference implementation.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from spikingjelly.activation_based import surrogate
