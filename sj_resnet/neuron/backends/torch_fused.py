@@ -36,23 +36,32 @@ def forward(
     """Returns ``(spike_seq [T,N,*] x.dtype, v_out, h_seq [T,N,*] state dtype)``.
 
     ``v_out`` is ``v_seq [T,N,*]`` (post-reset potentials) when ``store_v_seq`` else ``v_last [N,*]``.
+    Per step: ``h = x + v*decay``; ``o = (h >= v_th)`` written as a float; ``v = h - h*o`` -- three
+    single-pass ops into preallocated buffers. (``torch.where``/``masked_fill`` are 10x slower on the CPU.)
     """
     T = x_seq.shape[0]
-    sdt = v0.dtype
     d = _decay_view(decay, x_seq.dim() - 1)
-    h_seq = torch.empty(x_seq.shape, dtype=sdt, device=x_seq.device)
+    h_seq = torch.empty(x_seq.shape, dtype=v0.dtype, device=x_seq.device)
+    spikes = torch.empty_like(h_seq)  # in the state dtype; cast once at the end for fp16/bf16 inputs
     v_seq = torch.empty_like(h_seq) if store_v_seq else None
-    buffers = [torch.empty_like(v0), torch.empty_like(v0)]
-    keep = torch.empty(v0.shape, dtype=torch.bool, device=v0.device)
+    buffers = (torch.empty_like(v0), torch.empty_like(v0))
     v = v0
     for t in range(T):
-        h = h_seq[t]
+        h, o = h_seq[t], spikes[t]
         torch.addcmul(x_seq[t], v, d, out=h)
-        torch.lt(h, v_threshold, out=keep)
+        torch.ge(h, v_threshold, out=o)
         v = v_seq[t] if v_seq is not None else buffers[t % 2]
-        torch.mul(h, keep, out=v)
-    spike_seq = torch.ge(h_seq, v_threshold).to(x_seq.dtype)
-    return spike_seq, (v_seq if v_seq is not None else v), h_seq
+        torch.addcmul(h, h, o, value=-1.0, out=v)
+    return spikes.to(x_seq.dtype), (v_seq if v_seq is not None else v), h_seq
+
+
+def _surrogate_grad(surrogate_id: int, h_seq: Tensor, v_threshold: float, alpha: float) -> Tensor:
+    """``sg(h - v_th)`` as a new tensor; Rect (the default) takes an in-place path."""
+    x = h_seq - v_threshold
+    if surrogate_id == 0:
+        inside = x.abs_().lt_(0.5 / alpha)
+        return inside if alpha == 1.0 else inside.mul_(alpha)
+    return surrogate_grad(surrogate_id, x, alpha)
 
 
 def backward(
@@ -70,30 +79,35 @@ def backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Returns ``(grad_x in grad_spike's dtype, grad_v0, grad_decay shaped like decay)``."""
     T = h_seq.shape[0]
-    sdt = h_seq.dtype
     d = _decay_view(decay, h_seq.dim() - 1)
-    sg = surrogate_grad(surrogate_id, h_seq - v_threshold, alpha)
-    not_fired = torch.lt(h_seq, v_threshold).to(sdt)
-    # a = dv/dh; gh starts as the local term gs * sg (+ a * gv for a stored v_seq).
-    a = not_fired if detach_reset else not_fired - h_seq * sg
-    gh = sg.mul_(grad_spike)  # reuse sg's storage: sg is not needed after this
+    keep = torch.lt(h_seq, v_threshold, out=torch.empty_like(h_seq))  # 1 - o[t], as a float
+    grad_decay = torch.zeros_like(decay)
+    if need_decay_grad:  # needs v[t-1] = h[t-1] * (1 - o[t-1]) before `keep` is reused below
+        v_prev = torch.empty_like(h_seq)
+        v_prev[0] = v0
+        torch.mul(h_seq[:-1], keep[:-1], out=v_prev[1:])
+    sg = _surrogate_grad(surrogate_id, h_seq, v_threshold, alpha)
+    # a = dv/dh = (1 - o) - h * sg  (just 1 - o with detach_reset); `keep` becomes `a`
+    a = keep if detach_reset else keep.addcmul_(h_seq, sg, value=-1.0)
+    # gh = dL/dh: its local part gs * sg (+ a * gv where v is an output), in sg's storage
+    gh = sg.mul_(grad_spike)
     if store_v_seq:
         gh.addcmul_(a, grad_v_out)
     else:
         gh[T - 1].addcmul_(a[T - 1], grad_v_out)
-    a_decay = a.mul_(d) if a is not not_fired else a * d
-    for t in range(T - 2, -1, -1):
-        gh[t].addcmul_(a_decay[t], gh[t + 1])
+    if decay.dim() == 0 and decay.device.type == "cpu":  # a Python scalar: no extra pass, no sync
+        dv = float(decay)
+        for t in range(T - 2, -1, -1):
+            gh[t].addcmul_(a[t], gh[t + 1], value=dv)
+    else:
+        a.mul_(d)
+        for t in range(T - 2, -1, -1):
+            gh[t].addcmul_(a[t], gh[t + 1])
     grad_v0 = gh[0] * d
     if need_decay_grad:
-        v_prev = torch.empty_like(h_seq)
-        v_prev[0] = v0
-        torch.mul(h_seq[:-1], not_fired[:-1], out=v_prev[1:])
         prod = v_prev.mul_(gh)
         if decay.dim() == 1:
             grad_decay = prod.sum(dim=[i for i in range(prod.dim()) if i != 2])
         else:
             grad_decay = prod.sum()
-    else:
-        grad_decay = torch.zeros_like(decay)
     return gh.to(grad_spike.dtype), grad_v0, grad_decay

@@ -1,0 +1,56 @@
+"""Spiking ResNets whose every shortcut has a BatchNorm (BN alone on identity shortcuts), SpikingJelly drop-ins.
+
+``blocks.py`` holds the residual blocks, ``resnet.py`` the model and its builders, ``registry.py`` the model and
+weights registries. See ``docs/models.md``.
+"""
+
+from .blocks import BasicBlock, Bottleneck
+from .registry import (
+    WEIGHTS,
+    WeightsEntry,
+    WeightsError,
+    WeightsMismatchError,
+    create_model,
+    get_weights,
+    list_models,
+    list_weights,
+    load_weights,
+    register_model,
+    register_weights,
+    sha256_file,
+)
+from .resnet import (
+    SpikingResNet,
+    resnet18,
+    resnet18_cifar,
+    resnet19,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+)
+
+__all__ = [
+    "WEIGHTS",
+    "BasicBlock",
+    "Bottleneck",
+    "SpikingResNet",
+    "WeightsEntry",
+    "WeightsError",
+    "WeightsMismatchError",
+    "create_model",
+    "get_weights",
+    "list_models",
+    "list_weights",
+    "load_weights",
+    "register_model",
+    "register_weights",
+    "resnet18",
+    "resnet18_cifar",
+    "resnet19",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "sha256_file",
+]

@@ -1,0 +1,174 @@
+"""The run configuration: one flat dataclass, filled from defaults, dataset defaults, a recipe and the command line.
+
+Precedence, lowest first: ``TrainConfig`` field defaults < ``DATASET_DEFAULTS[dataset]`` < ``RECIPES[recipe]``
+< the config stored in a checkpoint being resumed < options given explicitly on the command line. On resume,
+options that would change the model or the optimisation trajectory must match the checkpoint (see
+``RESUME_MUTABLE``), so a resumed run continues the run it claims to continue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .recipes import DATASET_DEFAULTS, RECIPES
+
+DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LOSSES = ("ce", "tet")
+AMP_MODES = ("none", "bf16", "fp16")
+NORMS = ("bn", "tdbn")
+READOUTS = ("sum", "mean")
+
+# Options that may differ between a checkpoint and the command that resumes it.
+RESUME_MUTABLE = frozenset(
+    {"output_dir", "workers", "device", "threads", "data_dir", "download", "tensorboard", "plot", "resume",
+     "limit_eval_batches", "compile", "backend", "eval_batch_size"}
+)
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``sj-resnet train`` (the CLI's ``--kebab-case`` names map to these fields)."""
+
+    # data
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = False
+    image_size: int | None = None  # digits: upsampled side; event data: frame side after resizing
+    augment: bool = True
+    fake_size: int = 256  # samples in the 'fake' training set (test set: a quarter, at least 32)
+    workers: int = 0
+    # model
+    model: str = "resnet18_cifar"
+    width: int | None = None  # None: the builder's default
+    T: int = 4
+    norm: str = "bn"
+    identity_bn: bool = True
+    zero_init_residual: bool = False
+    readout: str = "sum"
+    # neuron
+    surrogate: str = "rect"  # name[:alpha], e.g. 'atan', 'atan:2.0', 'rect:1.0'
+    decay: float = 0.25
+    v_threshold: float = 0.5
+    detach_reset: bool = False
+    backend: str = "auto"
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 64  # per process
+    eval_batch_size: int | None = None  # default: 2 * batch_size
+    opt: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    wd: float = 0.0
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    loss: str = "ce"
+    tet_lambda: float = 1e-3
+    tet_means: float = 1.0
+    clip_grad: float | None = None
+    amp: str = "none"
+    compile: bool = False
+    sync_bn: bool = False
+    # run
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    output_dir: str | None = None
+    recipe: str | None = None
+    limit_train_batches: int | None = None  # smoke tests: stop each epoch after this many batches
+    limit_eval_batches: int | None = None
+    tensorboard: bool = True
+    plot: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+class ConfigError(ValueError):
+    """A bad option value or combination; the message names the fix."""
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    bad = value < 0 if allow_zero else value <= 0
+    if bad:
+        raise ConfigError(f"--{name.replace('_', '-')} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Raise :class:`ConfigError` for values that cannot work; returns ``cfg``."""
+    _check_choice("dataset", cfg.dataset, DATASETS)
+    _check_choice("opt", cfg.opt, OPTIMIZERS)
+    _check_choice("loss", cfg.loss, LOSSES)
+    _check_choice("amp", cfg.amp, AMP_MODES)
+    _check_choice("norm", cfg.norm, NORMS)
+    _check_choice("readout", cfg.readout, READOUTS)
+    for name in ("epochs", "batch_size", "T", "lr", "fake_size"):
+        _check_positive(name, getattr(cfg, name))
+    for name in ("width", "eval_batch_size", "image_size", "threads", "clip_grad", "limit_train_batches",
+                 "limit_eval_batches"):
+        _check_positive(name, getattr(cfg, name))
+    for name in ("wd", "warmup_epochs", "min_lr", "label_smoothing", "workers", "momentum", "tet_lambda"):
+        _check_positive(name, getattr(cfg, name), allow_zero=True)
+    if cfg.label_smoothing >= 1:
+        raise ConfigError(f"--label-smoothing must be in [0, 1); got {cfg.label_smoothing}")
+    if not 0 < cfg.decay <= 1:
+        raise ConfigError(f"--decay must be in (0, 1] (1 = IF neuron); got {cfg.decay}")
+    if cfg.warmup_epochs > cfg.epochs:
+        raise ConfigError(f"--warmup-epochs ({cfg.warmup_epochs}) exceeds --epochs ({cfg.epochs})")
+    if cfg.tet_lambda > 1:
+        raise ConfigError(f"--tet-lambda must be in [0, 1]; got {cfg.tet_lambda}")
+    if cfg.recipe is not None and cfg.recipe not in RECIPES:
+        raise ConfigError(f"unknown --recipe {cfg.recipe!r}; available: {', '.join(sorted(RECIPES))}")
+    from .data import parse_surrogate  # local import: keeps config importable without spikingjelly
+
+    parse_surrogate(cfg.surrogate)
+    return cfg
+
+
+def resolve(explicit: dict[str, Any], resumed: dict[str, Any] | None = None) -> TrainConfig:
+    """Build the run config from the options given on the command line (``explicit``) and, when resuming,
+    the checkpoint's stored config (``resumed``). Raises :class:`ConfigError` on a conflicting resume."""
+    unknown = set(explicit) - FIELDS
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    if resumed is not None:
+        values = {k: v for k, v in resumed.items() if k in FIELDS}
+        conflicts = {
+            k: (values.get(k), v) for k, v in explicit.items()
+            if k not in RESUME_MUTABLE and k in values and values[k] != v
+        }
+        if conflicts:
+            lines = ", ".join(f"--{k.replace('_', '-')} {new!r} (checkpoint: {old!r})" for k, (old, new) in conflicts.items())
+            raise ConfigError(
+                f"cannot resume with options that change the run: {lines}. Drop them to continue the checkpoint's "
+                "run, or start a new run in a fresh --output-dir."
+            )
+        values.update(explicit)
+        return validate(TrainConfig(**values))
+    recipe = explicit.get("recipe")
+    if recipe is not None and recipe not in RECIPES:
+        raise ConfigError(f"unknown --recipe {recipe!r}; available: {', '.join(sorted(RECIPES))}")
+    dataset = explicit.get("dataset") or (RECIPES[recipe]["dataset"] if recipe else TrainConfig.dataset)
+    if dataset not in DATASET_DEFAULTS:
+        raise ConfigError(f"--dataset must be one of {', '.join(DATASETS)}; got {dataset!r}")
+    values: dict[str, Any] = {}
+    values.update(DATASET_DEFAULTS[dataset])
+    if recipe is not None:
+        values.update({k: v for k, v in RECIPES[recipe].items() if k in FIELDS})
+    values.update(explicit)
+    values["dataset"] = dataset
+    return validate(TrainConfig(**values))
