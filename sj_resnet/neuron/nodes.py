@@ -89,8 +89,14 @@ class DecayFireNode(neuron.BaseNode):
 
     def _run(self, x_seq: Tensor, v: Tensor, store_v_seq: bool):
         return decay_fire_multi_step(
-            x_seq, v, self.decay_value(), self.v_threshold, self.surrogate_function,
-            self.detach_reset, store_v_seq, self.backend,
+            x_seq,
+            v,
+            self.decay_value(),
+            self.v_threshold,
+            self.surrogate_function,
+            self.detach_reset,
+            store_v_seq,
+            self.backend,
         )
 
     def single_step_functional_forward(self, inputs, states, **kwargs):

@@ -88,45 +88,48 @@ def _decay_fire_backward_fake(grad_spike, grad_v_out, h_seq, v0, decay, *args):
 
 
 def _setup_context(ctx, inputs, output):
+    """Save what BPTT needs: ``h_seq``; ``v0`` only when decay needs a gradient (it enters ``v[-1]``).
+
+    A constant decay is kept on ``ctx`` rather than saved: it is a 0-d tensor this module created.
+    """
     x_seq, v0, decay, v_threshold, surrogate_id, alpha, detach_reset, store_v_seq, backend = inputs
-    ctx.save_for_backward(output[2], v0, decay)
+    if decay.requires_grad:
+        ctx.save_for_backward(output[2], v0, decay)
+    else:
+        ctx.save_for_backward(output[2])
+        ctx.constant_decay = decay
     ctx.params = (v_threshold, surrogate_id, alpha, detach_reset, store_v_seq)
     ctx.backend = backend
 
 
-def _backward(ctx, grad_spike, grad_v_out, _grad_h_seq):
-    h_seq, v0, decay = ctx.saved_tensors
+def _run_backward(ctx, grad_spike, grad_v_out, backward_fn):
+    saved = ctx.saved_tensors
+    h_seq = saved[0]
+    # Without a decay gradient the backends never read v0's values; h_seq[0] stands in for its shape.
+    v0, decay = (saved[1], saved[2]) if len(saved) == 3 else (h_seq[0], ctx.constant_decay)
     v_threshold, surrogate_id, alpha, detach_reset, store_v_seq = ctx.params
     if grad_spike is None:
         grad_spike = torch.zeros_like(h_seq)
     if grad_v_out is None:
-        grad_v_out = torch.zeros_like(h_seq if store_v_seq else v0)
-    grad_x, grad_v0, grad_decay = _decay_fire_backward(
-        grad_spike,
-        grad_v_out,
-        h_seq,
-        v0,
-        decay,
-        v_threshold,
-        surrogate_id,
-        alpha,
-        detach_reset,
-        store_v_seq,
-        ctx.needs_input_grad[2],
-        ctx.backend,
-    )
+        grad_v_out = torch.zeros_like(h_seq if store_v_seq else h_seq[0])
     needs = ctx.needs_input_grad
+    grad_x, grad_v0, grad_decay = backward_fn(
+        grad_spike, grad_v_out, h_seq, v0, decay, v_threshold, surrogate_id, alpha,
+        detach_reset, store_v_seq, needs[2] and len(saved) == 3,
+    )  # fmt: skip
     return (
         grad_x if needs[0] else None,
         grad_v0 if needs[1] else None,
         grad_decay if needs[2] else None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
+        None, None, None, None, None, None,
+    )  # fmt: skip
+
+
+def _backward(ctx, grad_spike, grad_v_out, _grad_h_seq):
+    def call_op(*args):
+        return _decay_fire_backward(*args, ctx.backend)
+
+    return _run_backward(ctx, grad_spike, grad_v_out, call_op)
 
 
 _decay_fire.register_autograd(_backward, setup_context=_setup_context)
@@ -142,45 +145,14 @@ class _DecayFireFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq, v0, decay, v_threshold, surrogate_id, alpha, detach_reset, store_v_seq, backend):
         output = backends.get_backend(backend).forward(x_seq, v0, decay, v_threshold, store_v_seq)
-        _setup_context(
-            ctx, (x_seq, v0, decay, v_threshold, surrogate_id, alpha, detach_reset, store_v_seq, backend), output
-        )
+        inputs = (x_seq, v0, decay, v_threshold, surrogate_id, alpha, detach_reset, store_v_seq, backend)
+        _setup_context(ctx, inputs, output)
         ctx.mark_non_differentiable(output[2])
         return output
 
     @staticmethod
-    def backward(ctx, grad_spike, grad_v_out, grad_h_seq):
-        h_seq, v0, decay = ctx.saved_tensors
-        v_threshold, surrogate_id, alpha, detach_reset, store_v_seq = ctx.params
-        if grad_spike is None:
-            grad_spike = torch.zeros_like(h_seq)
-        if grad_v_out is None:
-            grad_v_out = torch.zeros_like(h_seq if store_v_seq else v0)
-        grad_x, grad_v0, grad_decay = backends.get_backend(ctx.backend).backward(
-            grad_spike,
-            grad_v_out,
-            h_seq,
-            v0,
-            decay,
-            v_threshold,
-            surrogate_id,
-            alpha,
-            detach_reset,
-            store_v_seq,
-            ctx.needs_input_grad[2],
-        )
-        needs = ctx.needs_input_grad
-        return (
-            grad_x if needs[0] else None,
-            grad_v0 if needs[1] else None,
-            grad_decay if needs[2] else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+    def backward(ctx, grad_spike, grad_v_out, _grad_h_seq):
+        return _run_backward(ctx, grad_spike, grad_v_out, backends.get_backend(ctx.backend).backward)
 
 
 def _fused(*args) -> tuple[Tensor, Tensor, Tensor]:

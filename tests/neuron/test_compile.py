@@ -1,0 +1,64 @@
+"""torch.library registration: opcheck, and torch.compile(fullgraph=True) without graph breaks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from spikingjelly.activation_based import functional, surrogate
+
+from sj_resnet import DecayFireNode, decay_fire_multi_step
+from sj_resnet.neuron.testing import sample_inputs
+
+
+@pytest.mark.parametrize("store_v_seq", [False, True])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_opcheck(store_v_seq, per_channel):
+    x = torch.randn(3, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    v0 = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
+    decay = torch.full((4,) if per_channel else (), 0.3, dtype=torch.float64, requires_grad=True)
+    args = (x, v0, decay, 0.5, 2, 2.0, False, store_v_seq, "torch")
+    torch.library.opcheck(torch.ops.sj_resnet.decay_fire.default, args)
+    h = torch.randn(3, 2, 4, 5, dtype=torch.float64)
+    gv = torch.randn(x.shape if store_v_seq else v0.shape, dtype=torch.float64)
+    bargs = (torch.randn_like(h), gv, h, v0.detach(), decay.detach(), 0.5, 0, 1.0, False, store_v_seq, True, "torch")
+    torch.library.opcheck(torch.ops.sj_resnet.decay_fire_backward.default, bargs)
+
+
+def test_compiled_op_fullgraph_matches_eager():
+    x = sample_inputs((4, 3, 8), seed=1).requires_grad_()
+    decay = torch.tensor(0.4, requires_grad=True)
+
+    def f(x, decay):
+        spikes, v_last, _ = decay_fire_multi_step(x, None, decay, 0.5, surrogate.Rect(), False, False, "torch")
+        return spikes, v_last
+
+    compiled = torch.compile(f, fullgraph=True, backend="inductor")
+    outs = compiled(x, decay)
+    (outs[0].sum() + outs[1].sum()).backward()
+    g_compiled = (x.grad.clone(), decay.grad.clone())
+    x.grad = None
+    decay.grad = None
+    ref = f(x, decay)
+    (ref[0].sum() + ref[1].sum()).backward()
+    assert torch.equal(outs[0], ref[0])
+    torch.testing.assert_close(outs[1], ref[1])
+    torch.testing.assert_close(g_compiled[0], x.grad)
+    torch.testing.assert_close(g_compiled[1], decay.grad)
+
+
+def test_compiled_network_with_nodes_fullgraph():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), DecayFireNode(backend="torch"), torch.nn.Linear(16, 4), DecayFireNode(backend="torch")
+    )
+    functional.set_step_mode(net, "m")
+    x = torch.randn(4, 3, 8)
+    eager = net(x)
+    functional.reset_net(net)
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    assert torch.equal(out, eager)
+    assert net[0].weight.grad is not None
+    functional.reset_net(net)
+    assert torch.equal(compiled(x), eager)  # reset works through the compiled module
