@@ -19,6 +19,7 @@ elsewhere, so the sum keeps the variance ``V_th**2`` of a single normalised inpu
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -64,15 +65,16 @@ def seq_apply(module: Callable[[Tensor], Tensor], x_seq: Tensor) -> Tensor:
 def make_neuron(spiking_neuron: Callable[..., nn.Module], neuron_kwargs: dict[str, Any]) -> nn.Module:
     """Build one multi-step neuron: ``spiking_neuron(**neuron_kwargs, step_mode='m')``.
 
-    Any SpikingJelly ``BaseNode`` subclass works (``DecayFireNode``, ``neuron.LIFNode``, ...). A wrong keyword gets
-    an error that names the node class instead of a bare ``TypeError`` from deep inside a builder.
+    Any SpikingJelly ``BaseNode`` subclass works (``DecayFireNode``, ``neuron.LIFNode``, ...). The arguments are
+    deep-copied per neuron (as SpikingJelly's ResNets do), so a surrogate module passed in is not shared between
+    layers. A wrong keyword gets an error that names the node class instead of a bare ``TypeError``.
     """
     if neuron_kwargs.get("step_mode", "m") != "m":
         raise ValueError(
             f"the models are multi-step internally; step_mode={neuron_kwargs['step_mode']!r} is not supported "
             "(drop the step_mode argument)"
         )
-    kwargs = {k: v for k, v in neuron_kwargs.items() if k != "step_mode"}
+    kwargs = copy.deepcopy({k: v for k, v in neuron_kwargs.items() if k != "step_mode"})
     name = getattr(spiking_neuron, "__name__", type(spiking_neuron).__name__)
     try:
         node = spiking_neuron(**kwargs, step_mode="m")

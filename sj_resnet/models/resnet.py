@@ -174,6 +174,7 @@ class SpikingResNet(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        _check_int(self.T, "model.T")
         if not x.is_floating_point():
             raise TypeError(f"input must be floating point, got {x.dtype}; convert it first, e.g. x.float() / 255")
         if x.dim() not in (4, 5):
@@ -201,7 +202,8 @@ class SpikingResNet(nn.Module):
         see ``blocks.batch_norm_repeated``); a sequence's run on every step.
         """
         if x.dim() == 4:
-            y = batch_norm_repeated(self.bn1, self.conv1(x), self.T)
+            # contiguous: the repeat is a stride-0 view, and a third-party node may .view() its input
+            y = batch_norm_repeated(self.bn1, self.conv1(x), self.T).contiguous()
         else:
             T, N = x.shape[:2]
             y = self.bn1(self.conv1(x.flatten(0, 1))).unflatten(0, (T, N))
