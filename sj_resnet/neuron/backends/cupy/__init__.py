@@ -76,6 +76,16 @@ def backward(
     """Fused BPTT on the GPU: ``(grad_x, grad_v0, grad_decay)`` (see ``runner.run_backward``)."""
     _check_cuda(grad_spike, "grad_spike")
     return run_backward(
-        grad_spike, grad_v_out, h_seq, v0, decay, v_threshold, surrogate_id, alpha, detach_reset, store_v_seq,
-        need_decay_grad, load_launcher().launch,
+        grad_spike,
+        grad_v_out,
+        h_seq,
+        v0,
+        decay,
+        v_threshold,
+        surrogate_id,
+        alpha,
+        detach_reset,
+        store_v_seq,
+        need_decay_grad,
+        load_launcher().launch,
     )

@@ -71,14 +71,14 @@ struct VecIO {
 #pragma unroll
         for (int c = 0; c < BYTES / CHUNK; ++c) {
             const W w = reinterpret_cast<const W*>(p)[c];
-            __builtin_memcpy(reinterpret_cast<char*>(out) + c * CHUNK, &w, CHUNK);
+            memcpy(reinterpret_cast<char*>(out) + c * CHUNK, &w, CHUNK);
         }
     }
     static __device__ __forceinline__ void store(T* __restrict__ p, const T (&in)[V]) {
 #pragma unroll
         for (int c = 0; c < BYTES / CHUNK; ++c) {
             W w;
-            __builtin_memcpy(&w, reinterpret_cast<const char*>(in) + c * CHUNK, CHUNK);
+            memcpy(&w, reinterpret_cast<const char*>(in) + c * CHUNK, CHUNK);
             reinterpret_cast<W*>(p)[c] = w;
         }
     }

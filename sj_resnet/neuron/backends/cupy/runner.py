@@ -81,8 +81,19 @@ def run_forward(
         return spike, v_out, h_seq
     vec = kernels.choose_vec(dt, n, inner, channels, _ptrs(x, v0c, spike, h_seq, v_out))
     plan = kernels.forward_launch(
-        dt, vec, store_v_seq, x=x.data_ptr(), v0=v0c.data_ptr(), decay=dc.data_ptr(), spike=spike.data_ptr(),
-        h_seq=h_seq.data_ptr(), v_out=v_out.data_ptr(), v_threshold=v_threshold, n=n, T=T, inner=inner,
+        dt,
+        vec,
+        store_v_seq,
+        x=x.data_ptr(),
+        v0=v0c.data_ptr(),
+        decay=dc.data_ptr(),
+        spike=spike.data_ptr(),
+        h_seq=h_seq.data_ptr(),
+        v_out=v_out.data_ptr(),
+        v_threshold=v_threshold,
+        n=n,
+        T=T,
+        inner=inner,
         channels=channels,
     )
     launch(plan, dev)
@@ -129,10 +140,25 @@ def run_backward(
     vec = kernels.choose_vec(dt, n, inner, channels, _ptrs(gs, gv, h, v0c, grad_x, grad_v0))
     partial = torch.empty(math.ceil(n / vec), dtype=sdt, device=dev) if need_decay_grad else None
     plan = kernels.backward_launch(
-        dt, vec, int(surrogate_id), bool(detach_reset), bool(store_v_seq), grad_spike=gs.data_ptr(),
-        grad_v=gv.data_ptr(), h_seq=h.data_ptr(), v0=v0c.data_ptr(), decay=dc.data_ptr(), grad_x=grad_x.data_ptr(),
-        grad_v0=grad_v0.data_ptr(), decay_partial=0 if partial is None else partial.data_ptr(),
-        v_threshold=v_threshold, alpha=alpha, n=n, T=T, inner=inner, channels=channels,
+        dt,
+        vec,
+        int(surrogate_id),
+        bool(detach_reset),
+        bool(store_v_seq),
+        grad_spike=gs.data_ptr(),
+        grad_v=gv.data_ptr(),
+        h_seq=h.data_ptr(),
+        v0=v0c.data_ptr(),
+        decay=dc.data_ptr(),
+        grad_x=grad_x.data_ptr(),
+        grad_v0=grad_v0.data_ptr(),
+        decay_partial=0 if partial is None else partial.data_ptr(),
+        v_threshold=v_threshold,
+        alpha=alpha,
+        n=n,
+        T=T,
+        inner=inner,
+        channels=channels,
     )
     launch(plan, dev)
     if partial is None:

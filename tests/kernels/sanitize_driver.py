@@ -1,0 +1,67 @@
+"""Runs the host-built kernels under AddressSanitizer/UBSan (started by test_kernel_sanitize.py).
+
+Usage: ``python sanitize_driver.py LIB [--plant]``; the library's name list sits beside it as ``.json``.
+The normal run drives forward and backward through ``runner`` on shapes with partial last blocks, on the
+vector and the scalar path; ``--plant`` launches one forward claiming one neuron more than the buffers
+hold, which the sanitizer must report (proof that it is watching).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import kernel_host  # noqa: E402
+
+from sj_resnet.neuron.backends.cupy import kernels, runner  # noqa: E402
+
+
+def main() -> int:
+    lib = Path(sys.argv[1])
+    names = json.loads(lib.with_suffix(".json").read_text())
+    host = kernel_host.HostKernels(lib, names)
+    gen = torch.Generator().manual_seed(0)
+    if "--plant" in sys.argv:
+        x = torch.randn(3, 5, 8, generator=gen)
+        v0 = torch.zeros(5, 8)
+        decay = torch.tensor(0.5)
+        spike, h, v = torch.empty_like(x), torch.empty_like(x), torch.empty_like(v0)
+        plan = kernels.forward_launch(
+            "float32", 1, False, x=x.data_ptr(), v0=v0.data_ptr(), decay=decay.data_ptr(), spike=spike.data_ptr(),
+            h_seq=h.data_ptr(), v_out=v.data_ptr(), v_threshold=0.5, n=41, T=3, inner=1, channels=1,
+        )
+        host.launch(plan, x.device)
+        return 0
+    shapes = [(3, 2, 4, 5, 4), (4, 3, 5, 3, 3), (2, 1, 3, 7)]
+    count = 0
+    for dtype in (torch.float32, torch.float16):
+        for shape in shapes:
+            for per_channel in (False, True):
+                for store in (False, True):
+                    for misalign in (False, True):
+                        x = torch.randn(shape, generator=gen).to(dtype)
+                        if misalign:
+                            buf = torch.empty(x.numel() + 1, dtype=dtype)
+                            buf[1:].copy_(x.flatten())
+                            x = buf[1:].view(shape)
+                        v0 = torch.randn(shape[1:], generator=gen) * 0.1
+                        decay = torch.rand(shape[2]) if per_channel else torch.tensor(0.5)
+                        s, vo, h = runner.run_forward(x, v0, decay, 0.5, store, host.launch)
+                        gs = torch.randn(shape, generator=gen).to(dtype)
+                        gv = torch.randn(vo.shape, generator=gen)
+                        for sid in (0, 2, 7):
+                            for detach in (False, True):
+                                runner.run_backward(gs, gv, h, v0, decay, 0.5, sid, 2.0, detach, store, True,
+                                                    host.launch)
+                                count += 1
+    vec_paths = sum(1 for plan in host.launches if plan.name.split("<")[1].split(",")[1].strip() != "1")
+    print(f"sanitized backward runs: {count}; launches: {len(host.launches)}; vector-path launches: {vec_paths}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
