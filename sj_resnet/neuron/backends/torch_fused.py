@@ -2,9 +2,9 @@
 
 Runs wherever torch runs (CPU and CUDA). Forward is one loop over T with three ops per step
 writing into preallocated buffers, and no autograd graph; it returns the pre-reset membrane ``h_seq``, the only
-tensor backward needs (spikes are recomputed as ``h >= v_threshold``). Backward vectorises everything that
-does not depend on the recurrence over all T at once and runs the recurrence as one fused
-multiply-add per step (see ``docs/neuron.md`` for the derivation)::
+tensor backward needs (spikes are recomputed as ``h >= v_threshold``). Backward runs t = T-1..0 once, a
+handful of single-pass ops per step into step-sized scratch buffers (see ``docs/neuron.md`` for the
+derivation)::
 
     sg[t] = surrogate'(h[t] - v_th)
     a[t]  = dv[t]/dh[t] = (1 - o[t]) - h[t] * sg[t]      (just (1 - o[t]) with detach_reset)
@@ -55,13 +55,13 @@ def forward(
     return spikes.to(x_seq.dtype), (v_seq if v_seq is not None else v), h_seq
 
 
-def _surrogate_grad(surrogate_id: int, h_seq: Tensor, v_threshold: float, alpha: float) -> Tensor:
-    """``sg(h - v_th)`` as a new tensor; Rect (the default) takes an in-place path."""
-    x = h_seq - v_threshold
+def _surrogate_grad_into(out: Tensor, surrogate_id: int, h: Tensor, v_threshold: float, alpha: float) -> Tensor:
+    """``sg(h - v_th)`` for one step, written into ``out`` (Rect, the default, entirely in place)."""
+    torch.sub(h, v_threshold, out=out)
     if surrogate_id == 0:
-        inside = x.abs_().lt_(0.5 / alpha)
-        return inside if alpha == 1.0 else inside.mul_(alpha)
-    return surrogate_grad(surrogate_id, x, alpha)
+        out.abs_().lt_(0.5 / alpha)
+        return out if alpha == 1.0 else out.mul_(alpha)
+    return out.copy_(surrogate_grad(surrogate_id, out, alpha))
 
 
 def backward(
@@ -77,37 +77,49 @@ def backward(
     store_v_seq: bool,
     need_decay_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``(grad_x in grad_spike's dtype, grad_v0, grad_decay shaped like decay)``."""
+    """Returns ``(grad_x in grad_spike's dtype, grad_v0, grad_decay shaped like decay)``.
+
+    One pass over t = T-1..0 with step-sized scratch buffers: the only full-size allocation is the
+    result. (Full-size temporaries cost a page fault per page on the CPU: above glibc's 32 MiB mmap
+    threshold every allocation is fresh memory.)
+    """
     T = h_seq.shape[0]
     d = _decay_view(decay, h_seq.dim() - 1)
-    keep = torch.lt(h_seq, v_threshold, out=torch.empty_like(h_seq))  # 1 - o[t], as a float
-    grad_decay = torch.zeros_like(decay)
-    if need_decay_grad:  # needs v[t-1] = h[t-1] * (1 - o[t-1]) before `keep` is reused below
-        v_prev = torch.empty_like(h_seq)
-        v_prev[0] = v0
-        torch.mul(h_seq[:-1], keep[:-1], out=v_prev[1:])
-    sg = _surrogate_grad(surrogate_id, h_seq, v_threshold, alpha)
-    # a = dv/dh = (1 - o) - h * sg  (just 1 - o with detach_reset); `keep` becomes `a`
-    a = keep if detach_reset else keep.addcmul_(h_seq, sg, value=-1.0)
-    # gh = dL/dh: its local part gs * sg (+ a * gv where v is an output), in sg's storage
-    gh = sg.mul_(grad_spike)
-    if store_v_seq:
-        gh.addcmul_(a, grad_v_out)
-    else:
-        gh[T - 1].addcmul_(a[T - 1], grad_v_out)
-    if decay.dim() == 0 and decay.device.type == "cpu":  # a Python scalar: no extra pass, no sync
-        dv = float(decay)
-        for t in range(T - 2, -1, -1):
-            gh[t].addcmul_(a[t], gh[t + 1], value=dv)
-    else:
-        a.mul_(d)
-        for t in range(T - 2, -1, -1):
-            gh[t].addcmul_(a[t], gh[t + 1])
-    grad_v0 = gh[0] * d
-    if need_decay_grad:
-        prod = v_prev.mul_(gh)
-        if decay.dim() == 1:
-            grad_decay = prod.sum(dim=[i for i in range(prod.dim()) if i != 2])
+    scalar = float(decay) if decay.dim() == 0 and decay.device.type == "cpu" else None  # no sync on CUDA
+    gh = torch.empty_like(h_seq)  # dL/dh[t], returned as grad_x
+    sg, a, tmp = (torch.empty_like(h_seq[0]) for _ in range(3))
+    acc = torch.zeros_like(h_seq[0]) if need_decay_grad else None  # sum_t gh[t] * v[t-1], per neuron
+    for t in range(T - 1, -1, -1):
+        h = h_seq[t]
+        _surrogate_grad_into(sg, surrogate_id, h, v_threshold, alpha)
+        torch.lt(h, v_threshold, out=a)  # 1 - o[t]
+        if not detach_reset:
+            a.addcmul_(h, sg, value=-1.0)  # a = dv[t]/dh[t] = (1 - o) - h * sg
+        g = gh[t]
+        torch.mul(grad_spike[t], sg, out=g)  # local term gs * sg
+        # dL/dv[t] = gv[t] (v_seq output) + decay * gh[t+1]; at t = T-1 the v_last gradient
+        if t == T - 1:
+            carry = grad_v_out[t] if store_v_seq else grad_v_out
+        elif store_v_seq:
+            carry = torch.addcmul(grad_v_out[t], gh[t + 1], d, out=tmp)
+        elif scalar is not None:
+            g.addcmul_(a, gh[t + 1], value=scalar)
+            carry = None
         else:
-            grad_decay = prod.sum()
+            carry = torch.mul(gh[t + 1], d, out=tmp)
+        if carry is not None:
+            g.addcmul_(a, carry)
+        if acc is not None:
+            if t > 0:  # v[t-1] = h[t-1] * (1 - o[t-1])
+                torch.lt(h_seq[t - 1], v_threshold, out=tmp).mul_(h_seq[t - 1])
+                acc.addcmul_(g, tmp)
+            else:
+                acc.addcmul_(g, v0)
+    grad_v0 = gh[0] * d
+    grad_decay = torch.zeros_like(decay)
+    if acc is not None:
+        if decay.dim() == 1:
+            grad_decay = acc.sum(dim=[i for i in range(acc.dim()) if i != 1])
+        else:
+            grad_decay = acc.sum().reshape(())
     return gh.to(grad_spike.dtype), grad_v0, grad_decay
