@@ -144,6 +144,7 @@ class _DecayFireFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_seq, v0, decay, v_threshold, surrogate_id, alpha, detach_reset, store_v_seq, backend):
+        ctx.set_materialize_grads(False)  # no zero-filled full-size grads for unused outputs (h_seq, v_last)
         output = backends.get_backend(backend).forward(x_seq, v0, decay, v_threshold, store_v_seq)
         inputs = (x_seq, v0, decay, v_threshold, surrogate_id, alpha, detach_reset, store_v_seq, backend)
         _setup_context(ctx, inputs, output)

@@ -42,17 +42,23 @@ def forward(
     T = x_seq.shape[0]
     d = _decay_view(decay, x_seq.dim() - 1)
     h_seq = torch.empty(x_seq.shape, dtype=v0.dtype, device=x_seq.device)
-    spikes = torch.empty_like(h_seq)  # in the state dtype; cast once at the end for fp16/bf16 inputs
+    spike_seq = torch.empty_like(x_seq)
+    # fp16/bf16 input, fp32 state: cast through step-sized buffers (no mixed-dtype ops, no full-size fp32 spikes)
+    low = x_seq.dtype != v0.dtype
+    x_buf, o_buf = (torch.empty_like(v0), torch.empty_like(v0)) if low else (None, None)
     v_seq = torch.empty_like(h_seq) if store_v_seq else None
     buffers = (torch.empty_like(v0), torch.empty_like(v0))
     v = v0
     for t in range(T):
-        h, o = h_seq[t], spikes[t]
-        torch.addcmul(x_seq[t], v, d, out=h)
+        h = h_seq[t]
+        torch.addcmul(x_buf.copy_(x_seq[t]) if low else x_seq[t], v, d, out=h)
+        o = o_buf if low else spike_seq[t]
         torch.ge(h, v_threshold, out=o)
         v = v_seq[t] if v_seq is not None else buffers[t % 2]
         torch.addcmul(h, h, o, value=-1.0, out=v)
-    return spikes.to(x_seq.dtype), (v_seq if v_seq is not None else v), h_seq
+        if low:
+            spike_seq[t].copy_(o)
+    return spike_seq, (v_seq if v_seq is not None else v), h_seq
 
 
 def _surrogate_grad_into(out: Tensor, surrogate_id: int, h: Tensor, v_threshold: float, alpha: float) -> Tensor:
@@ -86,8 +92,13 @@ def backward(
     T = h_seq.shape[0]
     d = _decay_view(decay, h_seq.dim() - 1)
     scalar = float(decay) if decay.dim() == 0 and decay.device.type == "cpu" else None  # no sync on CUDA
-    gh = torch.empty_like(h_seq)  # dL/dh[t], returned as grad_x
+    # dL/dh[t]: written straight into grad_x for fp32/fp64 grads; for fp16/bf16 grads it lives in two
+    # rolling step-sized fp32 buffers and each step is cast into grad_x (no full-size fp32 temporary)
+    grad_x = torch.empty(h_seq.shape, dtype=grad_spike.dtype, device=h_seq.device)
+    low = grad_spike.dtype != h_seq.dtype
+    rolling = (torch.empty_like(h_seq[0]), torch.empty_like(h_seq[0]), torch.empty_like(h_seq[0])) if low else None
     sg, a, tmp = (torch.empty_like(h_seq[0]) for _ in range(3))
+    g_next = None
     acc = torch.zeros_like(h_seq[0]) if need_decay_grad else None  # sum_t gh[t] * v[t-1], per neuron
     for t in range(T - 1, -1, -1):
         h = h_seq[t]
@@ -95,18 +106,18 @@ def backward(
         torch.lt(h, v_threshold, out=a)  # 1 - o[t]
         if not detach_reset:
             a.addcmul_(h, sg, value=-1.0)  # a = dv[t]/dh[t] = (1 - o) - h * sg
-        g = gh[t]
-        torch.mul(grad_spike[t], sg, out=g)  # local term gs * sg
+        g = rolling[t % 2] if low else grad_x[t]
+        torch.mul(rolling[2].copy_(grad_spike[t]) if low else grad_spike[t], sg, out=g)  # local term gs * sg
         # dL/dv[t] = gv[t] (v_seq output) + decay * gh[t+1]; at t = T-1 the v_last gradient
         if t == T - 1:
             carry = grad_v_out[t] if store_v_seq else grad_v_out
         elif store_v_seq:
-            carry = torch.addcmul(grad_v_out[t], gh[t + 1], d, out=tmp)
+            carry = torch.addcmul(grad_v_out[t], g_next, d, out=tmp)
         elif scalar is not None:
-            g.addcmul_(a, gh[t + 1], value=scalar)
+            g.addcmul_(a, g_next, value=scalar)
             carry = None
         else:
-            carry = torch.mul(gh[t + 1], d, out=tmp)
+            carry = torch.mul(g_next, d, out=tmp)
         if carry is not None:
             g.addcmul_(a, carry)
         if acc is not None:
@@ -115,11 +126,14 @@ def backward(
                 acc.addcmul_(g, tmp)
             else:
                 acc.addcmul_(g, v0)
-    grad_v0 = gh[0] * d
+        if low:
+            grad_x[t].copy_(g)
+        g_next = g
+    grad_v0 = g_next * d
     grad_decay = torch.zeros_like(decay)
     if acc is not None:
         if decay.dim() == 1:
             grad_decay = acc.sum(dim=[i for i in range(acc.dim()) if i != 1])
         else:
             grad_decay = acc.sum().reshape(())
-    return gh.to(grad_spike.dtype), grad_v0, grad_decay
+    return grad_x, grad_v0, grad_decay

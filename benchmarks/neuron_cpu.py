@@ -1,0 +1,137 @@
+"""The foundation's CPU neuron targets: our fused ``torch`` backend vs SpikingJelly 2.0 ``LIFNode(Rect)``.
+
+Usage: ``python -m benchmarks.neuron_cpu [--rounds 21] [--profile] [--out-dir DIR]``
+
+Shapes ``[4, 32, 64, 32, 32]`` (a conv feature map, T=4) and ``[8, 65536]`` (flat, T=8), float32, forward +
+backward (``spikes.backward(g)`` with a fixed random ``g``), a fresh zero state every call. Times are
+interleaved medians (see ``benchmarks.common``); the speed-up is the median over rounds of the per-round
+ratio ``t_SJ / t_ours``. Bytes saved for backward are counted with ``saved_tensors_hooks`` (unique storages).
+
+Targets (issue 2): ``t_SJ / t_ours >= 2`` and ``saved_ours / saved_SJ <= 1/3`` on both shapes.
+``--profile`` adds a ``torch.profiler`` table of our torch backend's forward+backward (op self-times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from . import common
+from .neuron_impls import label, make_runner
+
+SHAPES = ((4, 32, 64, 32, 32), (8, 65536))
+IMPL_KEYS = ("ours_torch", "ours_reference", "sj_rect")
+SPEED_TARGET = 2.0
+BYTES_TARGET = 1.0 / 3.0
+
+
+def fwd_bwd(run, x: torch.Tensor, g: torch.Tensor) -> None:
+    x.grad = None
+    run(x).backward(g)
+
+
+def measure_shape(shape: tuple[int, ...], rounds: int, seed: int = 0) -> dict:
+    device = torch.device("cpu")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen).requires_grad_(True)
+    g = torch.randn(shape, generator=gen)
+    runners = {k: make_runner(k, device)[0] for k in IMPL_KEYS}
+    fns = {k: (lambda r=r: fwd_bwd(r, x, g)) for k, r in runners.items()}
+    timing = common.interleaved_medians(fns, device, rounds=rounds, warmup=2, min_sample_s=0.05)
+    saved = {k: common.saved_bytes(lambda r=r: r(x), exclude=(x,)) for k, r in runners.items()}
+    sj = timing["sj_rect"]["samples_s"]
+    speedup = {k: common.ratio_stats(sj, timing[k]["samples_s"]) for k in IMPL_KEYS if k != "sj_rect"}
+    bytes_ratio = {k: saved[k]["bytes"] / saved["sj_rect"]["bytes"] for k in IMPL_KEYS if k != "sj_rect"}
+    return {
+        "shape": list(shape),
+        "dtype": "fp32",
+        "timing": timing,
+        "saved": saved,
+        "speedup_vs_sj_rect": speedup,
+        "saved_bytes_ratio_vs_sj_rect": bytes_ratio,
+        "targets": {
+            "speedup_ge_2": speedup["ours_torch"] >= SPEED_TARGET,
+            "saved_bytes_le_one_third": bytes_ratio["ours_torch"] <= BYTES_TARGET,
+        },
+    }
+
+
+def profile_ours(shape: tuple[int, ...], rows: int = 14) -> str:
+    """``torch.profiler`` op table (sorted by self CPU time) of our torch backend's forward+backward."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(shape).requires_grad_(True)
+    g = torch.randn(shape)
+    run = make_runner("ours_torch", torch.device("cpu"))[0]
+    for _ in range(2):
+        fwd_bwd(run, x, g)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(5):
+            fwd_bwd(run, x, g)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=21, help="interleaved rounds per shape (default 21)")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of our torch backend")
+    p.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR, help="where the JSON goes")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--shapes", default=None, help="override shapes, e.g. '4x8x16;8x1024' (for smoke tests)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    shapes = (
+        SHAPES if args.shapes is None else tuple(tuple(int(d) for d in s.split("x")) for s in args.shapes.split(";"))
+    )
+    payload = {"benchmark": "neuron_cpu", "machine": common.machine_info(device), "rows": []}
+    payload["config"] = {
+        "rounds": args.rounds,
+        "speed_target": SPEED_TARGET,
+        "bytes_target": BYTES_TARGET,
+        "impls": {k: label(k) for k in IMPL_KEYS},
+    }
+    print(
+        f"neuron_cpu on {payload['machine']['cpu']} ({payload['machine']['cpu_count']} cores, "
+        f"load {payload['machine']['loadavg_start'][0]:.2f}); fwd+bwd fp32, interleaved medians"
+    )
+    for shape in shapes:
+        row = measure_shape(shape, args.rounds)
+        payload["rows"].append(row)
+        t = row["timing"]
+        print(f"\nshape {list(shape)}")
+        for k in IMPL_KEYS:
+            print(
+                f"  {label(k):18s} {common.fmt_time(t[k]['median_s']):>10s}  saved "
+                f"{common.fmt_bytes(row['saved'][k]['bytes']):>10s}"
+            )
+        sp, br = row["speedup_vs_sj_rect"]["ours_torch"], row["saved_bytes_ratio_vs_sj_rect"]["ours_torch"]
+        print(
+            f"  speed-up torch vs SJ: {sp:.2f}x (target >= {SPEED_TARGET:.0f}x: "
+            f"{'met' if sp >= SPEED_TARGET else 'MISSED'})"
+        )
+        print(f"  saved bytes torch / SJ: {br:.3f} (target <= 1/3: {'met' if br <= BYTES_TARGET else 'MISSED'})")
+    if args.profile:
+        table = profile_ours(shapes[0])
+        payload["profile_ours_torch"] = table
+        print(f"\ntorch.profiler, ours torch fwd+bwd on {list(shapes[0])} (5 iterations):\n{table}")
+    all_met = all(all(r["targets"].values()) for r in payload["rows"])
+    payload["all_targets_met"] = all_met
+    payload["summary"] = {
+        "speedup_min": min(r["speedup_vs_sj_rect"]["ours_torch"] for r in payload["rows"]),
+        "saved_ratio_max": max(r["saved_bytes_ratio_vs_sj_rect"]["ours_torch"] for r in payload["rows"]),
+        "speedup_median": statistics.median(r["speedup_vs_sj_rect"]["ours_torch"] for r in payload["rows"]),
+    }
+    path = common.write_json(common.result_path("neuron_cpu", device, args.out_dir, args.threads), payload)
+    print(f"\nall targets met: {all_met}; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Smoke tests of the benchmark scripts: they run on tiny sizes and write well-formed results.
+
+Benchmarks are scripts, not tests: nothing here checks a speed. These tests only check that each script runs end
+to end on tiny inputs (one torch thread, few rounds) and that its JSON has the fields ``make_docs`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from benchmarks import make_docs, neuron_cpu, neurons, resnet
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _load_one(out_dir, prefix: str) -> dict:
+    files = sorted(out_dir.glob(f"{prefix}-cpu-*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text())
+
+
+def _positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_neuron_cpu_writes_ratios(tmp_path):
+    assert neuron_cpu.main(["--shapes", "2x3x4x5;3x64", "--rounds", "2", "--out-dir", str(tmp_path)]) == 0
+    p = _load_one(tmp_path, "neuron_cpu")
+    assert p["benchmark"] == "neuron_cpu" and len(p["rows"]) == 2
+    for row in p["rows"]:
+        for key in neuron_cpu.IMPL_KEYS:
+            assert _positive(row["timing"][key]["median_s"])
+            assert row["saved"][key]["bytes"] > 0
+        assert _positive(row["speedup_vs_sj_rect"]["ours_torch"])
+        assert set(row["targets"]) == {"speedup_ge_2", "saved_bytes_le_one_third"}
+    assert len(p["machine"]["loadavg_start"]) == 3 and "loadavg_end" in p["machine"]
+
+
+def test_neurons_sweep_rows_and_plots(tmp_path):
+    args = [
+        "--T",
+        "2,3",
+        "--neurons",
+        "8,9",
+        "--base-T",
+        "2",
+        "--base-neurons",
+        "8",
+        "--dtypes",
+        "fp32,bf16",
+        "--rounds",
+        "2",
+        "--err-neurons",
+        "64",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert neurons.main(args) == 0
+    p = _load_one(tmp_path, "neurons")
+    impls = set(p["config"]["impls"])
+    assert {"ours_torch", "ours_reference", "sj_rect", "sj_atan", "sj_flexsn"} <= impls
+    # (T, N) points: T sweep {2, 3} at 2^8 and neuron sweep {2^8, 2^9} at T=2 share (2, 2^8) -> 3 points
+    assert len(p["rows"]) == 3 * len(impls) * 2
+    for r in p["rows"]:
+        assert "error" not in r, r
+        assert _positive(r["fwd_s"]) and _positive(r["fwdbwd_s"]) and r["saved_bytes"] > 0
+        assert r["sweep"] in ("T", "neurons", "both")
+        assert _positive(r["speedup_fwdbwd_vs_sj_rect"])
+        assert 0.0 <= r["spike_mismatch"] <= 1.0 and r["grad_max_err"] >= 0.0
+    # our fused backend (fp32 state) agrees with the float64 spec
+    ours = [r for r in p["rows"] if r["impl"] == "ours_torch"]
+    assert all(r["spike_mismatch"] <= 1e-2 for r in ours)
+    assert all(r["spike_mismatch"] == 0.0 and r["grad_max_err"] < 1e-4 for r in ours if r["dtype"] == "fp32")
+    assert (tmp_path / f"{next(tmp_path.glob('neurons-*.json')).stem}-fp32.png").stat().st_size > 1000
+    assert "| fp32 |" in next(tmp_path.glob("neurons-*.md")).read_text()
+
+
+def test_resnet_quick_and_docs(tmp_path):
+    args = [
+        "--quick",
+        "--rounds",
+        "2",
+        "--warmup",
+        "1",
+        "--no-peak",
+        "--backends",
+        "torch",
+        "--no-plots",
+        "--out-dir",
+        str(tmp_path),
+    ]
+    assert resnet.main(args) == 0
+    p = _load_one(tmp_path, "resnet")
+    keys = {r["variant"] for r in p["rows"]}
+    assert {"ours_torch", "ours_arch_sj_rect", "ours_arch_relu"} <= keys
+    for r in p["rows"]:
+        assert "error" not in r, r
+        assert _positive(r["train_step_s"]) and _positive(r["infer_s"]) and r["saved_bytes"] > 0
+    (t,) = p["targets"]
+    assert t["model"] == "resnet18_cifar" and isinstance(t["neuron_cost_met"], bool)
+
+    out = tmp_path / "docs" / "benchmarks.md"
+    assert make_docs.main(["--results", str(tmp_path), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Spiking ResNets" in text and "resnet18_cifar" in text
+    assert "_No result yet: run `python -m benchmarks.neuron_cpu`._" in text
