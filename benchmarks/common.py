@@ -174,7 +174,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_once(fn: Callable[[], object], inner: int, device: torch.device) -> float:
+def time_calls(fn: Callable[[], object], inner: int, device: torch.device) -> float:
     """Seconds per call of ``fn``, averaged over ``inner`` back-to-back calls."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -212,14 +212,14 @@ def interleaved_medians(
         for _ in range(warmup):
             fns[name]()
         synchronize(device)
-        one = _time_once(fns[name], 1, device)
+        one = time_calls(fns[name], 1, device)
         inner[name] = 1 if min_sample_s <= 0 else int(min(max_inner, max(1, math.ceil(min_sample_s / max(one, 1e-9)))))
     samples: dict[str, list[float]] = {n: [] for n in names}
     t_start = time.perf_counter()
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            samples[name].append(_time_once(fns[name], inner[name], device))
+            samples[name].append(time_calls(fns[name], inner[name], device))
         if time_budget_s is not None and r >= 2:
             per_round = (time.perf_counter() - t_start) / (r + 1)
             if (time.perf_counter() - t_start) + per_round > time_budget_s:

@@ -28,11 +28,13 @@ import json
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from benchmarks.common import synchronize as sync
+from benchmarks.common import time_calls
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SURROGATES = {"Rect": 0, "ATan": 2}
@@ -41,27 +43,6 @@ TARGET_T = (4, 8)
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_calls(fn: Callable[[], object], inner: int, device: torch.device) -> float:
-    """Seconds per call over ``inner`` back-to-back calls (CUDA events on a GPU)."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / inner
-    t0 = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - t0) / inner
 
 
 def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, inner: int) -> dict:
