@@ -46,10 +46,11 @@ def test_compiled_op_fullgraph_matches_eager():
     torch.testing.assert_close(g_compiled[1], decay.grad)
 
 
-def test_compiled_network_with_nodes_fullgraph():
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+def test_compiled_network_with_nodes_fullgraph(backend):
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Linear(8, 16), DecayFireNode(backend="torch"), torch.nn.Linear(16, 4), DecayFireNode(backend="torch")
+        torch.nn.Linear(8, 16), DecayFireNode(backend=backend), torch.nn.Linear(16, 4), DecayFireNode(backend=backend)
     )
     functional.set_step_mode(net, "m")
     x = torch.randn(4, 3, 8)
@@ -62,3 +63,14 @@ def test_compiled_network_with_nodes_fullgraph():
     assert net[0].weight.grad is not None
     functional.reset_net(net)
     assert torch.equal(compiled(x), eager)  # reset works through the compiled module
+
+
+def test_auto_picks_reference_when_compiling_on_cpu(monkeypatch):
+    """Inductor fuses the reference loop on the CPU (measured faster than the opaque fused op)."""
+    from sj_resnet.neuron.ops import resolve_backend
+
+    x = torch.zeros(2, 3)
+    assert resolve_backend("auto", x, True, "Rect") == "torch"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert resolve_backend("auto", x, True, "Rect") == "reference"
+    assert resolve_backend("torch", x, True, "Rect") == "torch"  # an explicit choice is kept
