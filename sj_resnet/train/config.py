@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .modeling import parse_surrogate
 from .recipes import DATASET_DEFAULTS, RECIPES
 
 DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
@@ -24,7 +25,7 @@ READOUTS = ("sum", "mean")
 # Options that may differ between a checkpoint and the command that resumes it.
 RESUME_MUTABLE = frozenset(
     {"output_dir", "workers", "device", "threads", "data_dir", "download", "tensorboard", "plot", "resume",
-     "limit_eval_batches", "compile", "backend", "eval_batch_size"}
+     "limit_eval_batches", "compile", "backend", "eval_batch_size", "stop_after_epochs"}
 )
 
 
@@ -38,6 +39,9 @@ class TrainConfig:
     download: bool = False
     image_size: int | None = None  # digits: upsampled side; event data: frame side after resizing
     augment: bool = True
+    max_shift: int | None = None  # digits: largest random translation in pixels (default image_size // 8)
+    max_rotate: float = 0.0  # digits: largest random rotation in degrees
+    max_scale: float = 0.0  # digits: largest random zoom, as a fraction
     fake_size: int = 256  # samples in the 'fake' training set (test set: a quarter, at least 32)
     workers: int = 0
     # model
@@ -69,6 +73,7 @@ class TrainConfig:
     tet_lambda: float = 1e-3
     tet_means: float = 1.0
     clip_grad: float | None = None
+    ema_decay: float | None = None  # evaluate an exponential moving average of the weights (per-step decay)
     amp: str = "none"
     compile: bool = False
     sync_bn: bool = False
@@ -80,6 +85,7 @@ class TrainConfig:
     recipe: str | None = None
     limit_train_batches: int | None = None  # smoke tests: stop each epoch after this many batches
     limit_eval_batches: int | None = None
+    stop_after_epochs: int | None = None  # end this invocation (with a checkpoint) after N epochs; resume later
     tensorboard: bool = True
     plot: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -119,9 +125,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("epochs", "batch_size", "T", "lr", "fake_size"):
         _check_positive(name, getattr(cfg, name))
     for name in ("width", "eval_batch_size", "image_size", "threads", "clip_grad", "limit_train_batches",
-                 "limit_eval_batches"):
+                 "limit_eval_batches", "stop_after_epochs"):
         _check_positive(name, getattr(cfg, name))
-    for name in ("wd", "warmup_epochs", "min_lr", "label_smoothing", "workers", "momentum", "tet_lambda"):
+    for name in ("max_shift", "max_rotate", "max_scale", "wd", "warmup_epochs", "min_lr", "label_smoothing",
+                 "workers", "momentum", "tet_lambda"):
         _check_positive(name, getattr(cfg, name), allow_zero=True)
     if cfg.label_smoothing >= 1:
         raise ConfigError(f"--label-smoothing must be in [0, 1); got {cfg.label_smoothing}")
@@ -129,13 +136,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--decay must be in (0, 1] (1 = IF neuron); got {cfg.decay}")
     if cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f"--warmup-epochs ({cfg.warmup_epochs}) exceeds --epochs ({cfg.epochs})")
+    if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
+        raise ConfigError(f"--ema-decay must be in (0, 1), e.g. 0.99; got {cfg.ema_decay}")
     if cfg.tet_lambda > 1:
         raise ConfigError(f"--tet-lambda must be in [0, 1]; got {cfg.tet_lambda}")
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
         raise ConfigError(f"unknown --recipe {cfg.recipe!r}; available: {', '.join(sorted(RECIPES))}")
-    from .data import parse_surrogate  # local import: keeps config importable without spikingjelly
-
-    parse_surrogate(cfg.surrogate)
+    try:
+        parse_surrogate(cfg.surrogate)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return cfg
 
 
@@ -152,7 +162,9 @@ def resolve(explicit: dict[str, Any], resumed: dict[str, Any] | None = None) -> 
             if k not in RESUME_MUTABLE and k in values and values[k] != v
         }
         if conflicts:
-            lines = ", ".join(f"--{k.replace('_', '-')} {new!r} (checkpoint: {old!r})" for k, (old, new) in conflicts.items())
+            lines = ", ".join(
+                f"--{k.replace('_', '-')} {new!r} (checkpoint: {old!r})" for k, (old, new) in conflicts.items()
+            )
             raise ConfigError(
                 f"cannot resume with options that change the run: {lines}. Drop them to continue the checkpoint's "
                 "run, or start a new run in a fresh --output-dir."
@@ -171,4 +183,7 @@ def resolve(explicit: dict[str, Any], resumed: dict[str, Any] | None = None) -> 
         values.update({k: v for k, v in RECIPES[recipe].items() if k in FIELDS})
     values.update(explicit)
     values["dataset"] = dataset
+    epochs = values.get("epochs", TrainConfig.epochs)
+    if "warmup_epochs" not in explicit and values.get("warmup_epochs", 0.0) > epochs / 5:
+        values["warmup_epochs"] = epochs / 5  # a default warmup never eats more than a fifth of a short run
     return validate(TrainConfig(**values))

@@ -1,0 +1,185 @@
+"""The ``sj-resnet`` command (also ``python -m sj_resnet`` and ``torchrun -m sj_resnet``).
+
+``sj-resnet train`` with no options trains a narrow spiking ResNet-18 on scikit-learn's bundled digits
+(no download, a few minutes on a laptop CPU); ``sj-resnet eval --checkpoint RUN_DIR`` scores a checkpoint.
+Heavy imports (torch, torchvision, SpikingJelly) happen after argument parsing, so ``--help`` is instant.
+See ``docs/training.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .train.recipes import DATASET_DEFAULTS, RECIPES
+
+_DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
+
+
+def _fmt_defaults(d: dict[str, Any]) -> str:
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.items())
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    B = argparse.BooleanOptionalAction
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=_DATASETS, help="training data (default: digits, bundled with scikit-learn)")
+    g.add_argument("--data-dir", help="dataset root (cifar: default ./data; imagenet: ROOT with train/ and val/; "
+                                      "event data: SpikingJelly's dataset root)")
+    g.add_argument("--download", action="store_true", default=None, help="download CIFAR-10/100 into --data-dir")
+    g.add_argument("--image-size", type=int,
+                   help="digits: upsampled side (16); imagenet: crop (224); event: frame side")
+    g.add_argument("--augment", action=B, default=None, help="training augmentation (default on for images)")
+    g.add_argument("--max-shift", type=int, help="digits: largest random translation in pixels (image-size // 8)")
+    g.add_argument("--max-rotate", type=float, help="digits: largest random rotation in degrees")
+    g.add_argument("--max-scale", type=float, help="digits: largest random zoom, as a fraction (0.1 = +-10%%)")
+    g.add_argument("--fake-size", type=int, help="FakeData training samples (default 256)")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+
+    g = p.add_argument_group("model and neuron")
+    g.add_argument("--model", help="builder in sj_resnet.models (resnet18_cifar, resnet19, resnet18, ...)")
+    g.add_argument("--width", type=int, help="channels of the first stage (default: the builder's)")
+    g.add_argument("--T", "-T", type=int, dest="T", help="time steps (event data: frames per sample)")
+    g.add_argument("--norm", choices=("bn", "tdbn"), help="BN scale init 1, or alpha*V_th (tdBN)")
+    g.add_argument("--identity-bn", action=B, default=None, help="BN on identity shortcuts (default on)")
+    g.add_argument("--zero-init-residual", action=B, default=None, help="zero each block's last BN scale")
+    g.add_argument("--readout", choices=("sum", "mean"), help="reduce the per-step outputs over time")
+    g.add_argument("--surrogate", help="surrogate gradient: rect, atan, sigmoid, erf, ... with optional :alpha")
+    g.add_argument("--decay", type=float, help="membrane decay in (0, 1]; 1 = IF neuron (default 0.25)")
+    g.add_argument("--v-threshold", type=float, help="firing threshold (default 0.5)")
+    g.add_argument("--detach-reset", action=B, default=None, help="no gradient through the reset")
+    g.add_argument("--backend", choices=("auto", "torch", "cupy", "reference"), help="neuron kernel backend")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", "-b", type=int, help="per process")
+    g.add_argument("--eval-batch-size", type=int, help="default 2 x --batch-size")
+    g.add_argument("--opt", choices=("sgd", "adam", "adamw"))
+    g.add_argument("--lr", type=float, help="peak learning rate (after warmup)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument("--wd", type=float, help="weight decay")
+    g.add_argument("--warmup-epochs", type=float, help="linear warmup, then cosine decay to --min-lr")
+    g.add_argument("--min-lr", type=float, help="final learning rate of the cosine schedule (default 0)")
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--loss", choices=("ce", "tet"), help="cross entropy, or TET (Deng et al. 2022)")
+    g.add_argument("--tet-lambda", type=float, help="TET's MSE weight lambda (default 1e-3)")
+    g.add_argument("--tet-means", type=float, help="TET's MSE target phi (default 1.0)")
+    g.add_argument("--clip-grad", type=float, help="clip the global gradient norm to this value")
+    g.add_argument("--ema-decay", type=float,
+                   help="evaluate and save an exponential moving average of the weights (decay per step, e.g. 0.99)")
+    g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="mixed precision (fp16 needs CUDA)")
+    g.add_argument("--compile", action=B, default=None, help="torch.compile the model")
+    g.add_argument("--sync-bn", action=B, default=None, help="SyncBatchNorm across processes (torchrun)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--recipe", choices=sorted(RECIPES), help="literature preset (options given explicitly win)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; split between CPU ranks)")
+    g.add_argument("--output-dir", "-o", help="run directory (default runs/<dataset>-<model>-<time>)")
+    g.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                   help="continue from a checkpoint file or run directory (no PATH: --output-dir)")
+    g.add_argument("--limit-train-batches", type=int, help="stop each epoch after N batches (smoke tests)")
+    g.add_argument("--limit-eval-batches", type=int, help="evaluate on N batches only (smoke tests)")
+    g.add_argument("--stop-after-epochs", type=int,
+                   help="end this invocation after N epochs (checkpointed); continue later with --resume")
+    g.add_argument("--tensorboard", action=B, default=None, help="write TensorBoard events (default on)")
+    g.add_argument("--plot", action=B, default=None, help="write curves.png at the end (default on)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sj-resnet",
+        description="Train and evaluate spiking ResNets (sj_resnet). `sj-resnet train` alone trains on bundled digits.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval}")
+    epilog = (
+        "defaults for --dataset digits: " + _fmt_defaults(DATASET_DEFAULTS["digits"])
+        + "\nrecipes: " + ", ".join(sorted(RECIPES))
+        + "\nmulti-GPU: torchrun --nproc_per_node=K -m sj_resnet train ...   (docs/training.md)"
+    )
+    tp = sub.add_parser("train", help="train a model", epilog=epilog,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_train_options(tp)
+    ep = sub.add_parser("eval", help="evaluate a checkpoint: acc@1, acc@5, per-layer firing rates")
+    ep.add_argument("--checkpoint", "-c", required=True, help="checkpoint file (last.pt/best.pt) or run directory")
+    ep.add_argument("--dataset", choices=_DATASETS, help="default: the checkpoint's")
+    ep.add_argument("--data-dir")
+    ep.add_argument("--download", action="store_true", default=None)
+    ep.add_argument("--batch-size", "-b", type=int, dest="eval_batch_size")
+    ep.add_argument("--workers", type=int)
+    ep.add_argument("--device")
+    ep.add_argument("--threads", type=int)
+    ep.add_argument("--amp", choices=("none", "bf16", "fp16"))
+    ep.add_argument("--backend", choices=("auto", "torch", "cupy", "reference"))
+    ep.add_argument("--limit-eval-batches", type=int)
+    ep.add_argument("--output", help="also write the result as JSON to this file")
+    return parser
+
+
+def _explicit(ns: argparse.Namespace, skip: Sequence[str]) -> dict[str, Any]:
+    return {k: v for k, v in vars(ns).items() if v is not None and k not in skip}
+
+
+def _error(msg: str) -> int:
+    print(f"sj-resnet: error: {msg}", file=sys.stderr, flush=True)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``sj-resnet`` console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+
+    from .train.checkpoint import CheckpointError
+    from .train.config import ConfigError
+    from .train.data import DataError
+
+    try:
+        if args.command == "train":
+            return _train(args)
+        from .train.evaluate import run_eval
+
+        explicit = _explicit(args, ("command", "checkpoint", "output"))
+        run_eval(args.checkpoint, explicit, args.output)
+        return 0
+    except (ConfigError, DataError, CheckpointError, FileExistsError) as exc:
+        return _error(str(exc))
+    except KeyboardInterrupt:
+        print("sj-resnet: aborted", file=sys.stderr)
+        return 130
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .train import checkpoint as ckpt_io
+    from .train.config import ConfigError, resolve
+    from .train.runner import Interrupted, train
+
+    explicit = _explicit(args, ("command", "resume"))
+    resume, resume_path = None, None
+    if args.resume is not None:
+        target = args.resume or explicit.get("output_dir")
+        if not target:
+            raise ConfigError("--resume without a PATH needs --output-dir (the run directory to continue)")
+        resume_path = ckpt_io.resolve_path(target)
+        resume = ckpt_io.read(resume_path)
+    try:
+        cfg = resolve(explicit, resume["config"] if resume is not None else None)
+    except TypeError as exc:  # a checkpoint config with fields this version does not know
+        raise ConfigError(f"checkpoint config does not fit this sj-resnet version: {exc}") from exc
+    if resume is not None and "output_dir" not in explicit:
+        cfg.output_dir = str(Path(resume_path).parent)
+    try:
+        train(cfg, resume, resume_path)
+    except Interrupted:
+        return 130
+    except ValueError as exc:  # bad model/optimizer arguments surface as ValueError from the builders
+        raise ConfigError(str(exc)) from exc
+    return 0

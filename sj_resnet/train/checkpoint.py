@@ -1,0 +1,161 @@
+"""Training checkpoints: atomic writes, validated reads, and the RNG state that makes a resume bit-identical.
+
+Write: ``torch.save`` into a temporary file in the checkpoint's directory, ``flush`` + ``fsync``, then
+``os.replace`` onto the target (atomic on POSIX and Windows) and ``fsync`` the directory, so a crash or a
+full disk at any moment leaves either the old or the new checkpoint, never a torn one.
+
+Read: ``torch.load(weights_only=True)`` (no arbitrary code from a downloaded file; RNG states are stored as
+tensors and tuples for that reason), then checks of the format tag and the keys, each failure a
+:class:`CheckpointError` that says what is wrong and what to do. A failed read never modifies the file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "sj_resnet.train/1"
+LAST = "last.pt"
+BEST = "best.pt"
+REQUIRED_KEYS = ("format", "config", "model_spec", "model", "optimizer", "scheduler", "scaler", "epoch",
+                 "step_in_epoch", "rng", "history")
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoint is missing, unreadable or does not belong to this run; the message names the fix."""
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (temp file in the same directory, fsync, ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with _suppress():
+            tmp.unlink()
+        raise
+    with _suppress():  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory (-> its ``last.pt``)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / LAST
+    if not p.exists():
+        raise CheckpointError(
+            f"no checkpoint at {p}; pass the .pt file written by `sj-resnet train` or its run directory "
+            f"(which holds {LAST})"
+        )
+    return p
+
+
+def read(path: str | os.PathLike, map_location: str | torch.device = "cpu", require_training_state: bool = True
+         ) -> dict[str, Any]:
+    """Load and validate a checkpoint written by :func:`save_atomic` (``last.pt`` or ``best.pt``)."""
+    p = resolve_path(path)
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle errors, foreign objects, ...
+        raise CheckpointError(
+            f"{p} is not a readable checkpoint ({type(exc).__name__}: {_reason(exc)}). "
+            "It may be truncated or not written by sj-resnet; the file was left untouched. Resume from another "
+            "checkpoint or start a new run in a fresh --output-dir."
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{p} is not an sj-resnet training checkpoint (format {found!r}, expected {FORMAT!r}). Plain model "
+            "weights load with sj_resnet.models.load_weights; training checkpoints come from `sj-resnet train`."
+        )
+    keys = REQUIRED_KEYS if require_training_state else ("format", "config", "model_spec", "model")
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        what = "training state" if require_training_state else "model"
+        raise CheckpointError(
+            f"{p} lacks {', '.join(missing)} ({what} incomplete); "
+            + ("best.pt holds weights only: resume from last.pt" if require_training_state else "re-save it")
+        )
+    return ckpt
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of a torch.load error (its weights-only errors put it last)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "error:" in ln.lower():
+            return ln
+    return lines[0] if lines else repr(exc)
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    """``load_state_dict(strict=True)`` with a readable error on architecture mismatch."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        own, theirs = set(model.state_dict()), set(state)
+        missing, unexpected = sorted(own - theirs)[:5], sorted(theirs - own)[:5]
+        raise CheckpointError(
+            f"{path} does not fit the model: missing {missing or 'none'}, unexpected {unexpected or 'none'} "
+            f"({str(exc).splitlines()[0]}). The checkpoint's model_spec describes the network it was trained with."
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# RNG state
+# --------------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and every CUDA device), numpy and python RNG states as tensors/tuples (weights_only-safe)."""
+    import numpy as np
+
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    import numpy as np
+
+    torch.set_rng_state(state["torch"].cpu())
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = [s.cpu() for s in state["cuda"]]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)

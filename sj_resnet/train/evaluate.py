@@ -1,0 +1,95 @@
+"""``sj-resnet eval``: rebuild the network stored in a checkpoint, score it, report per-layer firing rates.
+
+The checkpoint's ``model_spec`` rebuilds the exact network; its ``config`` supplies the dataset unless
+``--dataset`` / ``--data-dir`` override it (the number of classes and input channels must match).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import checkpoint as ckpt_io
+from . import distributed
+from .config import ConfigError, TrainConfig, validate
+from .data import build_datasets, build_loaders
+from .engine import evaluate
+from .firing import FiringRateMonitor
+from .modeling import build_model, count_parameters
+
+
+def run_eval(checkpoint: str, overrides: dict[str, Any], output: str | None = None) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` (file or run directory); ``overrides`` are config fields given on the command line."""
+    info = distributed.env_info()
+    device = distributed.resolve_device(overrides.get("device") or "auto", info)
+    distributed.init(info, device)
+    try:
+        path = ckpt_io.resolve_path(checkpoint)
+        ck = ckpt_io.read(path, map_location=device, require_training_state=False)
+        stored = {k: v for k, v in ck["config"].items() if k in TrainConfig.__dataclass_fields__}
+        allowed = {"dataset", "data_dir", "download", "batch_size", "eval_batch_size", "workers", "device",
+                   "limit_eval_batches", "amp", "backend", "threads", "image_size", "fake_size"}
+        bad = sorted(set(overrides) - allowed)
+        if bad:
+            raise ConfigError(f"sj-resnet eval does not take {', '.join('--' + b.replace('_', '-') for b in bad)}")
+        stored.update(overrides)
+        cfg = validate(TrainConfig(**stored))
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        spec = json.loads(json.dumps(ck["model_spec"]))
+        spec["kwargs"]["backend"] = cfg.backend
+        data = build_datasets(cfg)
+        kw = spec["kwargs"]
+        if (data.num_classes, data.in_channels) != (kw["num_classes"], kw["in_channels"]):
+            raise ConfigError(
+                f"{cfg.dataset} has {data.num_classes} classes / {data.in_channels} input channels but the "
+                f"checkpoint's model has {kw['num_classes']} / {kw['in_channels']}; evaluate it on the dataset it was "
+                "trained on"
+            )
+        model = build_model(spec).to(device)
+        weights = ck.get("eval_model") or ck["model"]  # the EMA weights of an --ema-decay run
+        ckpt_io.load_model_state(model, weights, str(path))
+        _, test_loader, _ = build_loaders(data, cfg, info.rank, info.world_size, pin_memory=device.type == "cuda")
+        monitor = FiringRateMonitor(model)
+        ev = evaluate(model, model, test_loader, cfg, device, data.sequence, monitor, cfg.limit_eval_batches,
+                      show_progress=info.is_main)
+        result = {
+            "checkpoint": str(path),
+            "epoch": ck.get("epoch"),
+            "dataset": data.description,
+            "model_spec": spec,
+            "parameters": count_parameters(model),
+            "samples": ev.samples,
+            "loss": ev.loss,
+            "acc1": ev.acc1,
+            "acc5": ev.acc5,
+            "firing_rate_mean": ev.firing_mean,
+            "firing_rates": ev.firing,
+            "seconds": ev.seconds,
+        }
+        if info.is_main:
+            print(format_eval(result), flush=True)
+            if output:
+                Path(output).write_text(json.dumps(result, indent=2) + "\n")
+        return result
+    finally:
+        distributed.cleanup()
+
+
+def format_eval(r: dict[str, Any]) -> str:
+    lines = [
+        f"checkpoint {r['checkpoint']} (epoch {r['epoch']}), {r['model_spec']['name']}, "
+        f"{r['parameters'] / 1e6:.3f} M params",
+        f"data: {r['dataset']}",
+        f"acc@1 {100 * r['acc1']:.2f}%  acc@5 {100 * r['acc5']:.2f}%  loss {r['loss']:.4f}  ({r['samples']} samples, "
+        f"{r['seconds']:.1f} s)",
+        f"firing rates (fraction of neuron-steps that spike; mean {r['firing_rate_mean']:.4f}):",
+    ]
+    width = max((len(n) for n in r["firing_rates"]), default=10)
+    for name, rate in r["firing_rates"].items():
+        bar = "#" * int(round(40 * min(1.0, rate)))
+        lines.append(f"  {name:<{width}}  {rate:.4f}  {bar}")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""Learning-rate schedule: linear warmup then cosine decay, stepped once per iteration.
+
+``factor(s) = (s + 1) / W`` for ``s < W`` warmup steps, then
+``min_ratio + (1 - min_ratio) * (1 + cos(pi * (s - W) / (S - W))) / 2`` up to the last step ``S``; the
+optimizer's lr is ``base_lr * factor``. A picklable class so ``LambdaLR.state_dict`` stores it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class WarmupCosine:
+    def __init__(self, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> None:
+        self.total_steps = max(1, int(total_steps))
+        self.warmup_steps = max(0, int(warmup_steps))
+        self.min_ratio = float(min_ratio)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total, warmup, min_ratio))
+
+
+def build_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """``--opt sgd`` (momentum ``--momentum``, Nesterov off, as in the papers), ``adam`` or ``adamw``."""
+    if cfg.opt == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    if cfg.opt == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.wd)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.wd)
