@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import importlib.util
+import multiprocessing
 import os
 import re
 import shutil
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import kernel_host
@@ -113,18 +115,24 @@ def test_ptxas_parser_sees_spills():
 # --------------------------------------------------------------------------------------------------
 
 
-def _nvrtc():
-    try:
-        from cuda.bindings import nvrtc
-    except ImportError:
-        kernel_host.missing_tool("cuda-bindings (cuda.bindings.nvrtc) is not installed")
-    return nvrtc
-
-
 def nvrtc_compile(names: list[str], arch_option: str) -> tuple[bytes, dict[str, str], str]:
     """Compile ``decay_fire.cu`` with NVRTC as CuPy's RawModule does: our options, then the ones CuPy appends,
-    then the architecture. Returns ``(ptx or cubin, lowered names, log)``."""
-    nvrtc = _nvrtc()
+    then the architecture. Returns ``(ptx or cubin, lowered names, log)``.
+
+    NVRTC runs in a spawned child process: once its builtins library is loaded into a process, torch's zip
+    serialisation there breaks (``torch.save``/``torch.load`` fail with "record size ... does not match"), which
+    made unrelated tests fail when they ran after this file in the same session.
+    """
+    if importlib.util.find_spec("cuda.bindings") is None:
+        kernel_host.missing_tool("cuda-bindings (cuda.bindings.nvrtc) is not installed")
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(_nvrtc_compile_here, names, arch_option).result()
+
+
+def _nvrtc_compile_here(names: list[str], arch_option: str) -> tuple[bytes, dict[str, str], str]:
+    from cuda.bindings import nvrtc
+
     err, prog = nvrtc.nvrtcCreateProgram(kernels.read_source().encode(), b"decay_fire.cu", 0, [], [])
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
     try:
