@@ -62,18 +62,23 @@ def seq_apply(module: Callable[[Tensor], Tensor], x_seq: Tensor) -> Tensor:
     return module(x_seq.flatten(0, 1)).unflatten(0, x_seq.shape[:2])
 
 
-def make_neuron(spiking_neuron: Callable[..., nn.Module], neuron_kwargs: dict[str, Any]) -> nn.Module:
+def make_neuron(spiking_neuron: Callable[..., nn.Module] | None, neuron_kwargs: dict[str, Any]) -> nn.Module:
     """Build one multi-step neuron: ``spiking_neuron(**neuron_kwargs, step_mode='m')``.
 
     Any SpikingJelly ``BaseNode`` subclass works (``DecayFireNode``, ``neuron.LIFNode``, ...). The arguments are
     deep-copied per neuron (as SpikingJelly's ResNets do), so a surrogate module passed in is not shared between
-    layers. A wrong keyword gets an error that names the node class instead of a bare ``TypeError``.
+    layers. A wrong keyword gets an error that names the node class instead of a bare ``TypeError``. ``None`` means
+    ``DecayFireNode``.
     """
     if neuron_kwargs.get("step_mode", "m") != "m":
         raise ValueError(
             f"the models are multi-step internally; step_mode={neuron_kwargs['step_mode']!r} is not supported "
             "(drop the step_mode argument)"
         )
+    if spiking_neuron is None:
+        from ..neuron import DecayFireNode
+
+        spiking_neuron = DecayFireNode
     kwargs = copy.deepcopy({k: v for k, v in neuron_kwargs.items() if k != "step_mode"})
     name = getattr(spiking_neuron, "__name__", type(spiking_neuron).__name__)
     try:
@@ -169,10 +174,6 @@ class BasicBlock(_SpikingBlock):
         neuron_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if spiking_neuron is None:
-            from ..neuron import DecayFireNode
-
-            spiking_neuron = DecayFireNode
         nk = dict(neuron_kwargs or {})
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -216,10 +217,6 @@ class Bottleneck(_SpikingBlock):
         neuron_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if spiking_neuron is None:
-            from ..neuron import DecayFireNode
-
-            spiking_neuron = DecayFireNode
         nk = dict(neuron_kwargs or {})
         out_planes = planes * self.expansion
         self.conv1 = conv1x1(in_planes, planes)
