@@ -65,7 +65,7 @@ class DecayFireNode(neuron.BaseNode):
         self.decay = check_decay(decay)
 
     def decay_value(self) -> float | Tensor:
-        """The decay the op uses: a float here, a tensor for the parametric node."""
+        """The decay the op uses: a float here, ``sigmoid(w)`` (a tensor) for the parametric node."""
         return self.decay
 
     def extra_repr(self) -> str:
@@ -138,9 +138,6 @@ class ParametricDecayFireNode(DecayFireNode):
     @property
     def decay(self) -> Tensor:
         """The current decay ``sigmoid(w)`` (0-d or ``[C]``), differentiable."""
-        return torch.sigmoid(self.w)
-
-    def decay_value(self) -> Tensor:
         return torch.sigmoid(self.w)
 
     def extra_repr(self) -> str:

@@ -84,6 +84,19 @@ class EpochResult:
     carry: dict = field(default_factory=dict)  # global running totals, to continue a partial epoch after resume
 
 
+def forward_batch(
+    model: nn.Module, plain_model: nn.Module, x: Tensor, y: Tensor, cfg, device: torch.device, sequence: bool
+) -> tuple[Tensor, Tensor]:
+    """One batch's forward from a fresh membrane state: ``(loss, logits)``; ``y`` is already on ``device``."""
+    from spikingjelly.activation_based import functional
+
+    x = to_model_input(x.to(device, non_blocking=True), sequence)
+    functional.reset_net(plain_model)
+    with autocast(device, cfg.amp):
+        out = model(x)
+    return compute_loss(out, y, cfg)
+
+
 def train_one_epoch(
     model: nn.Module,
     plain_model: nn.Module,
@@ -110,7 +123,6 @@ def train_one_epoch(
     returned result counts only the steps of this call. ``carry`` (the ``EpochResult.carry`` of the interrupted
     part of this epoch) makes the epoch's statistics those of the whole epoch; rank 0 (``is_main``) holds it.
     """
-    from spikingjelly.activation_based import functional
 
     model.train()
     monitor.reset()
@@ -144,12 +156,8 @@ def train_one_epoch(
                 interrupted = True
                 break
             raise
-        x = to_model_input(x.to(device, non_blocking=True), sequence)
         y = y.to(device, non_blocking=True)
-        functional.reset_net(plain_model)
-        with autocast(device, cfg.amp):
-            out = model(x)
-        loss, logits = compute_loss(out, y, cfg)
+        loss, logits = forward_batch(model, plain_model, x, y, cfg, device, sequence)
         if steps % 50 == 0 and not torch.isfinite(loss):  # a host sync: only every 50 steps
             raise FloatingPointError(
                 f"loss is {loss.item()} at step {start_step + steps} of this epoch; lower --lr, add --clip-grad or "
@@ -225,7 +233,6 @@ def evaluate(
     show_progress: bool = True,
 ) -> EvalResult:
     """Loss, top-1 and top-5 accuracy and per-layer firing rates over the (sharded) test set, summed over ranks."""
-    from spikingjelly.activation_based import functional
 
     model.eval()
     monitor.reset()
@@ -237,12 +244,8 @@ def evaluate(
     for i, (x, y) in enumerate(bar):
         if limit is not None and i >= limit:
             break
-        x = to_model_input(x.to(device, non_blocking=True), sequence)
         y = y.to(device, non_blocking=True)
-        functional.reset_net(plain_model)
-        with autocast(device, cfg.amp):
-            out = model(x)
-        loss, logits = compute_loss(out, y, cfg)
+        loss, logits = forward_batch(model, plain_model, x, y, cfg, device, sequence)
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top == y[:, None]

@@ -20,14 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..reference import broadcast_decay
 from ..surrogates import surrogate_grad
-
-
-def _decay_view(decay: Tensor, ndim_step: int) -> Tensor:
-    """Broadcast a 0-d or ``[C]`` decay against one step ``[N, C, *]`` (``ndim_step`` dims)."""
-    if decay.dim() == 1:
-        return decay.view(-1, *([1] * (ndim_step - 2)))
-    return decay
 
 
 def forward(
@@ -40,7 +34,7 @@ def forward(
     single-pass ops into preallocated buffers. (``torch.where``/``masked_fill`` are 10x slower on the CPU.)
     """
     T = x_seq.shape[0]
-    d = _decay_view(decay, x_seq.dim() - 1)
+    d = broadcast_decay(decay, x_seq)
     h_seq = torch.empty(x_seq.shape, dtype=v0.dtype, device=x_seq.device)
     spike_seq = torch.empty_like(x_seq)
     # fp16/bf16 input, fp32 state: cast through step-sized buffers (no mixed-dtype ops, no full-size fp32 spikes)
@@ -90,7 +84,7 @@ def backward(
     threshold every allocation is fresh memory.)
     """
     T = h_seq.shape[0]
-    d = _decay_view(decay, h_seq.dim() - 1)
+    d = broadcast_decay(decay, h_seq)
     scalar = float(decay) if decay.dim() == 0 and decay.device.type == "cpu" else None  # no sync on CUDA
     # dL/dh[t]: written straight into grad_x for fp32/fp64 grads; for fp16/bf16 grads it lives in two
     # rolling step-sized fp32 buffers and each step is cast into grad_x (no full-size fp32 temporary)
