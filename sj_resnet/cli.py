@@ -30,9 +30,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                                       "event data: SpikingJelly's dataset root)")
     g.add_argument("--download", action="store_true", default=None, help="download CIFAR-10/100 into --data-dir")
     g.add_argument("--image-size", type=int,
-                   help="digits: upsampled side (16); imagenet: crop (224); event: frame side")
+                   help="digits: upsampled side (12); imagenet: crop (224); event: frame side")
     g.add_argument("--augment", action=B, default=None, help="training augmentation (default on for images)")
-    g.add_argument("--max-shift", type=int, help="digits: largest random translation in pixels (image-size // 8)")
+    g.add_argument("--max-shift", type=int,
+                   help="digits: largest random translation in pixels (max(1, image-size // 8))")
     g.add_argument("--max-rotate", type=float, help="digits: largest random rotation in degrees")
     g.add_argument("--max-scale", type=float, help="digits: largest random zoom, as a fraction (0.1 = +-10%%)")
     g.add_argument("--fake-size", type=int, help="FakeData training samples (default 256)")

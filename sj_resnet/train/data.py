@@ -100,7 +100,8 @@ def digits(image_size: int = 16, augment: bool = True, max_shift: int | None = N
 
     Fixed stratified 80/20 split (``random_state=0``): 1437 train / 360 test images; standardised with the
     training set's mean and std. Augmentation: random translation of each sample by up to ``max_shift`` pixels
-    (default ``image_size // 8``: 2 pixels at 16x16, one original pixel).
+    (default ``max(1, image_size // 8)``: 1 pixel at the training default 12x12, 2 pixels at 16x16), and the
+    affine warp of :class:`TensorImages` when ``rotate`` / ``scale`` are set.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

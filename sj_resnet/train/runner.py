@@ -79,7 +79,9 @@ def ema_with_warmup(decay: float):
     ``n`` counts the updates so far. The warmup makes the average follow the weights closely in the first
     hundreds of steps; a constant decay would keep the BN running statistics near their initial values
     (averaged over the buffers too) and silence the spiking layers of the averaged network in short runs.
-    Floating-point tensors only (``num_batches_tracked`` keeps the first copy's count).
+    Floating-point tensors only (``num_batches_tracked`` keeps the first copy's count). The warmup term stays
+    below 0.99 for the first 890 updates, so in runs shorter than that it, not ``decay``, sets the average's
+    horizon (about the last ``n / 9`` steps).
     """
 
     def update(ema: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
