@@ -10,17 +10,13 @@ import json
 import math
 
 import pytest
-import torch
 
 from benchmarks import make_docs, neuron_cpu, neurons, resnet
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """Every benchmark smoke test runs on one torch thread (``one_torch_thread`` in tests/conftest.py)."""
 
 
 def _load_one(out_dir, prefix: str) -> dict:

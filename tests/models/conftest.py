@@ -19,11 +19,6 @@ def run():
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    """Fixed seed; one intra-op thread: the tiny tensors here gain nothing from threads, and on a busy 2-core
-    machine OpenMP's waiting made each small conv ~100x slower (measured 30 ms vs 0.15 ms)."""
+def _seed_and_one_thread(one_torch_thread):
+    """Fixed seed; one intra-op thread (``one_torch_thread`` in tests/conftest.py)."""
     torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
