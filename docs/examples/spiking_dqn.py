@@ -15,9 +15,9 @@ numbers, so the output layer does not spike; two readouts are offered:
 * ``membrane`` — ``Q = W · Σ_t decay^(T-1-t) s[t] + b``: the membrane at the last step of a leaky, non-firing
   integrator with the hidden neurons' decay, which weights late steps more.
 
-Why ``mean`` is the default (measured, see docs/examples/README.md): with decay 0.25 the membrane readout is dominated by
-the last one or two steps, so each Q-value is read from ~1-2 binary spikes per unit instead of T, which makes it
-coarser; over the same budget it solved fewer seeds than the firing-rate readout.
+Why ``mean`` is the default (measured, see docs/examples/README.md): with decay 0.25 the membrane readout is
+dominated by the last one or two steps, so each Q-value is read from ~1-2 binary spikes per unit instead of T, which
+makes it coarser; over the same budget it solved fewer seeds than the firing-rate readout.
 
 The learning algorithm is a textbook DQN: replay buffer, target network (an exponential moving average of the
 online weights, torch's ``AveragedModel``), ε-greedy exploration decaying linearly, Double-DQN targets, Huber loss,
