@@ -12,7 +12,7 @@ stratified 80/20 split. Each static image is fed at every one of ``T`` steps (di
 are the mean over time of the last layer's output.
 
 Run:
-    python docs/examples/custom_network.py            # ~1 minute on a laptop CPU, ~97-98 % test accuracy
+    python docs/examples/custom_network.py            # under a minute on one CPU core, ~97-98 % test accuracy
     python docs/examples/custom_network.py --quick    # a few seconds, well above chance (10 %)
 """
 
