@@ -15,6 +15,9 @@ from typing import Any
 
 from .train.recipes import DATASET_DEFAULTS, RECIPES
 
+INTERRUPTED_EXIT = 130
+"""Exit status after Ctrl-C/SIGTERM (128 + SIGINT, as shells report it), with or without a checkpoint written."""
+
 _DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
 
 
@@ -144,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args)
-        from .train.evaluate import run_eval
+        from .train.eval_command import run_eval
 
         explicit = _explicit(args, ("command", "checkpoint", "output"))
         run_eval(args.checkpoint, explicit, args.output)
@@ -153,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(exc))
     except KeyboardInterrupt:
         print("sj-resnet: aborted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -161,7 +164,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from .train import checkpoint as ckpt_io
     from .train.config import ConfigError, resolve
-    from .train.runner import Interrupted, train
+    from .train.trainer import Interrupted, train
 
     explicit = _explicit(args, ("command", "resume"))
     resume, resume_path = None, None
@@ -180,7 +183,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         train(cfg, resume, resume_path)
     except Interrupted:
-        return 130
+        return INTERRUPTED_EXIT
     except ValueError as exc:  # bad model/optimizer arguments surface as ValueError from the builders
         raise ConfigError(str(exc)) from exc
     return 0

@@ -29,6 +29,13 @@ RESUME_MUTABLE = frozenset(
 )
 
 
+# Options `sj-resnet eval` may set; every other field comes from the evaluated checkpoint's config.
+EVAL_FIELDS = frozenset(
+    {"dataset", "data_dir", "download", "batch_size", "eval_batch_size", "workers", "device", "limit_eval_batches",
+     "amp", "backend", "threads", "image_size", "fake_size"}
+)
+
+
 @dataclass
 class TrainConfig:
     """Every option of ``sj-resnet train`` (the CLI's ``--kebab-case`` names map to these fields)."""

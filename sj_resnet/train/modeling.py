@@ -1,4 +1,4 @@
-"""Model construction from a :class:`TrainConfig`: surrogate parsing, builder keyword arguments, DDP/compile wraps.
+"""Model construction from a :class:`TrainConfig`: surrogate parsing and the builder keyword arguments.
 
 The builder arguments are stored in every checkpoint as plain data (``model_spec``), so ``sj-resnet eval``
 rebuilds the exact network without the training command line.
@@ -71,17 +71,6 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     kwargs = dict(spec["kwargs"])
     kwargs["surrogate_function"] = parse_surrogate(kwargs.pop("surrogate"))
     return create_model(spec["name"], **kwargs)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP and ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DistributedDataParallel
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        else:
-            return model
 
 
 def count_parameters(model: nn.Module) -> int:
