@@ -10,25 +10,42 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
+from .models.blocks import NORMS
+from .models.resnet import READOUTS
+from .neuron.backends import ALL_BACKENDS
+from .train.config import AMP_MODES, EVAL_FIELDS, LOSSES, OPTIMIZERS
+from .train.data import DATASETS
+from .train.modeling import SURROGATE_NAMES
 from .train.recipes import DATASET_DEFAULTS, RECIPES
 
 INTERRUPTED_EXIT = 130
 """Exit status after Ctrl-C/SIGTERM (128 + SIGINT, as shells report it), with or without a checkpoint written."""
-
-_DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
 
 
 def _fmt_defaults(d: dict[str, Any]) -> str:
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.items())
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+class _Group:
+    """An argument group that adds only the options whose config field is in ``only`` (``None``: all)."""
+
+    def __init__(self, parser: argparse.ArgumentParser, title: str, only: Collection[str] | None) -> None:
+        self.group, self.only = parser.add_argument_group(title), only
+
+    def add_argument(self, *flags: str, **kwargs: Any) -> None:
+        dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        if self.only is None or dest in self.only:
+            self.group.add_argument(*flags, **kwargs)
+
+
+def _add_train_options(p: argparse.ArgumentParser, only: Collection[str] | None = None) -> None:
+    """The options of ``sj-resnet train`` (one per :class:`TrainConfig` field); ``only``: a subset of fields."""
     B = argparse.BooleanOptionalAction
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=_DATASETS, help="training data (default: digits, bundled with scikit-learn)")
+    g = _Group(p, "data", only)
+    g.add_argument("--dataset", choices=DATASETS, help="training data (default: digits, bundled with scikit-learn)")
     g.add_argument("--data-dir", help="dataset root (cifar: default ./data; imagenet: ROOT with train/ and val/; "
                                       "event data: SpikingJelly's dataset root)")
     g.add_argument("--download", action="store_true", default=None, help="download CIFAR-10/100 into --data-dir")
@@ -42,42 +59,42 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fake-size", type=int, help="FakeData training samples (default 256)")
     g.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
 
-    g = p.add_argument_group("model and neuron")
+    g = _Group(p, "model and neuron", only)
     g.add_argument("--model", help="builder in sj_resnet.models (resnet18_cifar, resnet19, resnet18, ...)")
     g.add_argument("--width", type=int, help="channels of the first stage (default: the builder's)")
     g.add_argument("--T", "-T", type=int, dest="T", help="time steps (event data: frames per sample)")
-    g.add_argument("--norm", choices=("bn", "tdbn"), help="BN scale init 1, or alpha*V_th (tdBN)")
+    g.add_argument("--norm", choices=NORMS, help="BN scale init 1, or alpha*V_th (tdBN)")
     g.add_argument("--identity-bn", action=B, default=None, help="BN on identity shortcuts (default on)")
     g.add_argument("--zero-init-residual", action=B, default=None, help="zero each block's last BN scale")
-    g.add_argument("--readout", choices=("sum", "mean"), help="reduce the per-step outputs over time")
-    g.add_argument("--surrogate", help="surrogate gradient: rect, atan, sigmoid, erf, ... with optional :alpha")
+    g.add_argument("--readout", choices=READOUTS, help="reduce the per-step outputs over time")
+    g.add_argument("--surrogate", help=f"surrogate gradient, optionally NAME:alpha; NAME: {', '.join(SURROGATE_NAMES)}")
     g.add_argument("--decay", type=float, help="membrane decay in (0, 1]; 1 = IF neuron (default 0.25)")
     g.add_argument("--v-threshold", type=float, help="firing threshold (default 0.5)")
     g.add_argument("--detach-reset", action=B, default=None, help="no gradient through the reset")
-    g.add_argument("--backend", choices=("auto", "torch", "cupy", "reference"), help="neuron kernel backend")
+    g.add_argument("--backend", choices=ALL_BACKENDS, help="neuron kernel backend")
 
-    g = p.add_argument_group("optimisation")
+    g = _Group(p, "optimisation", only)
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", "-b", type=int, help="per process")
     g.add_argument("--eval-batch-size", type=int, help="default 2 x --batch-size")
-    g.add_argument("--opt", choices=("sgd", "adam", "adamw"))
+    g.add_argument("--opt", choices=OPTIMIZERS)
     g.add_argument("--lr", type=float, help="peak learning rate (after warmup)")
     g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     g.add_argument("--wd", type=float, help="weight decay")
     g.add_argument("--warmup-epochs", type=float, help="linear warmup, then cosine decay to --min-lr")
     g.add_argument("--min-lr", type=float, help="final learning rate of the cosine schedule (default 0)")
     g.add_argument("--label-smoothing", type=float)
-    g.add_argument("--loss", choices=("ce", "tet"), help="cross entropy, or TET (Deng et al. 2022)")
+    g.add_argument("--loss", choices=LOSSES, help="cross entropy, or TET (Deng et al. 2022)")
     g.add_argument("--tet-lambda", type=float, help="TET's MSE weight lambda (default 1e-3)")
     g.add_argument("--tet-means", type=float, help="TET's MSE target phi (default 1.0)")
     g.add_argument("--clip-grad", type=float, help="clip the global gradient norm to this value")
     g.add_argument("--ema-decay", type=float,
                    help="evaluate and save an exponential moving average of the weights (decay per step, e.g. 0.99)")
-    g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="mixed precision (fp16 needs CUDA)")
+    g.add_argument("--amp", choices=AMP_MODES, help="mixed precision (fp16 needs CUDA)")
     g.add_argument("--compile", action=B, default=None, help="torch.compile the model")
     g.add_argument("--sync-bn", action=B, default=None, help="SyncBatchNorm across processes (torchrun)")
 
-    g = p.add_argument_group("run")
+    g = _Group(p, "run", only)
     g.add_argument("--recipe", choices=sorted(RECIPES), help="literature preset (options given explicitly win)")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
@@ -107,19 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("train", help="train a model", epilog=epilog,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_options(tp)
-    ep = sub.add_parser("eval", help="evaluate a checkpoint: acc@1, acc@5, per-layer firing rates")
+    ep = sub.add_parser("eval", help="evaluate a checkpoint: acc@1, acc@5, per-layer firing rates",
+                        description="Evaluate a checkpoint. Every option below defaults to the value in the "
+                                    "checkpoint's config.")
     ep.add_argument("--checkpoint", "-c", required=True, help="checkpoint file (last.pt/best.pt) or run directory")
-    ep.add_argument("--dataset", choices=_DATASETS, help="default: the checkpoint's")
-    ep.add_argument("--data-dir")
-    ep.add_argument("--download", action="store_true", default=None)
-    ep.add_argument("--batch-size", "-b", type=int, dest="eval_batch_size")
-    ep.add_argument("--workers", type=int)
-    ep.add_argument("--device")
-    ep.add_argument("--threads", type=int)
-    ep.add_argument("--amp", choices=("none", "bf16", "fp16"))
-    ep.add_argument("--backend", choices=("auto", "torch", "cupy", "reference"))
-    ep.add_argument("--limit-eval-batches", type=int)
     ep.add_argument("--output", help="also write the result as JSON to this file")
+    ep.add_argument("--batch-size", "-b", type=int, dest="eval_batch_size", help="evaluation batch size")
+    # the training options that may differ from the checkpoint's config (default: the checkpoint's values)
+    _add_train_options(ep, only=EVAL_FIELDS - {"batch_size", "eval_batch_size"})
     return parser
 
 

@@ -12,15 +12,19 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from sj_resnet.models.blocks import NORMS
+from sj_resnet.models.resnet import READOUTS
+from sj_resnet.neuron.backends import ALL_BACKENDS
+from sj_resnet.neuron.ops import check_decay
+
+from .data import DATASETS
 from .modeling import parse_surrogate
 from .recipes import DATASET_DEFAULTS, RECIPES
 
-DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
+# The choices this module owns; the others are imported from the module that implements them.
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("ce", "tet")
 AMP_MODES = ("none", "bf16", "fp16")
-NORMS = ("bn", "tdbn")
-READOUTS = ("sum", "mean")
 
 # Options that may differ between a checkpoint and the command that resumes it.
 RESUME_MUTABLE = frozenset(
@@ -129,6 +133,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_choice("amp", cfg.amp, AMP_MODES)
     _check_choice("norm", cfg.norm, NORMS)
     _check_choice("readout", cfg.readout, READOUTS)
+    _check_choice("backend", cfg.backend, ALL_BACKENDS)
     for name in ("epochs", "batch_size", "T", "lr", "fake_size"):
         _check_positive(name, getattr(cfg, name))
     for name in ("width", "eval_batch_size", "image_size", "threads", "clip_grad", "limit_train_batches",
@@ -139,8 +144,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _check_positive(name, getattr(cfg, name), allow_zero=True)
     if cfg.label_smoothing >= 1:
         raise ConfigError(f"--label-smoothing must be in [0, 1); got {cfg.label_smoothing}")
-    if not 0 < cfg.decay <= 1:
-        raise ConfigError(f"--decay must be in (0, 1] (1 = IF neuron); got {cfg.decay}")
+    try:
+        check_decay(cfg.decay)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--{exc}") from None
     if cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f"--warmup-epochs ({cfg.warmup_epochs}) exceeds --epochs ({cfg.epochs})")
     if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:

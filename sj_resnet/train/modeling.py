@@ -10,27 +10,25 @@ from typing import Any
 
 from torch import nn
 
-_SURROGATE_NAMES = {
-    "rect": "Rect", "sigmoid": "Sigmoid", "atan": "ATan", "piecewisequadratic": "PiecewiseQuadratic",
-    "piecewiseexp": "PiecewiseExp", "softsign": "SoftSign", "superspike": "SuperSpike", "erf": "Erf",
-}
+from sj_resnet.neuron.surrogates import SURROGATES
+
+SURROGATE_NAMES: dict[str, type[nn.Module]] = {spec.name.lower(): spec.sj_class for spec in SURROGATES}
+"""``--surrogate`` names: the surrogates with a fused kernel (``sj_resnet.neuron.surrogates.SURROGATES``)."""
 
 
 def parse_surrogate(spec: str) -> nn.Module:
     """``'atan'``, ``'atan:2.0'``, ``'rect:1.0'``, ... -> a SpikingJelly surrogate module.
 
-    Names are SpikingJelly's surrogate classes, case-insensitive; ``:alpha`` overrides the class's default alpha.
+    Names are SpikingJelly's surrogate classes, case-insensitive (:data:`SURROGATE_NAMES`); ``:alpha`` overrides
+    the class's default alpha.
     """
-    from spikingjelly.activation_based import surrogate
-
     name, _, alpha = str(spec).partition(":")
-    cls_name = _SURROGATE_NAMES.get(name.strip().lower())
-    if cls_name is None:
+    cls = SURROGATE_NAMES.get(name.strip().lower())
+    if cls is None:
         raise ValueError(
-            f"unknown --surrogate {spec!r}; choose one of {', '.join(sorted(_SURROGATE_NAMES))} "
+            f"unknown --surrogate {spec!r}; choose one of {', '.join(sorted(SURROGATE_NAMES))} "
             "optionally with ':alpha', e.g. 'atan:2.0'"
         )
-    cls = getattr(surrogate, cls_name)
     if not alpha:
         return cls()
     try:

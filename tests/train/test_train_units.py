@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from spikingjelly.activation_based import functional, neuron
@@ -135,4 +133,28 @@ def test_parse_surrogate():
     sg = parse_surrogate("ATan:3")
     assert isinstance(sg, surrogate.ATan) and sg.alpha == 3.0
     assert isinstance(parse_surrogate("rect"), surrogate.Rect)
-    assert not math.isnan(parse_surrogate("erf").alpha)
+    assert parse_surrogate("erf").alpha == surrogate.Erf().alpha  # no ':alpha': the class's default
+    assert parse_surrogate("erf:0.5").alpha == 0.5
+
+
+def test_every_choice_has_one_owner():
+    """The CLI and the config take each list of choices from the module that implements it."""
+    from sj_resnet.cli import build_parser
+    from sj_resnet.models.blocks import NORMS
+    from sj_resnet.models.resnet import READOUTS
+    from sj_resnet.neuron.backends import ALL_BACKENDS
+    from sj_resnet.neuron.surrogates import SURROGATES
+    from sj_resnet.train.data import DATASETS
+    from sj_resnet.train.modeling import SURROGATE_NAMES
+
+    assert list(DATASET_DEFAULTS) == list(DATASETS)
+    assert set(SURROGATE_NAMES) == {s.name.lower() for s in SURROGATES}
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]  # argparse keeps sub-parsers nowhere public
+    choices = {a.dest: tuple(a.choices) for a in train._actions if a.choices is not None}
+    assert choices == {"dataset": DATASETS, "norm": NORMS, "readout": READOUTS, "backend": ALL_BACKENDS,
+                       "opt": cfgmod.OPTIMIZERS, "loss": cfgmod.LOSSES, "amp": cfgmod.AMP_MODES,
+                       "recipe": tuple(sorted(RECIPES))}
+    for name, choices_of in (("norm", NORMS), ("readout", READOUTS), ("backend", ALL_BACKENDS)):
+        with pytest.raises(cfgmod.ConfigError, match=f"--{name} must be one of {', '.join(choices_of)}"):
+            cfgmod.resolve({name: "nope"})
