@@ -2,8 +2,9 @@
 
 ``sj-resnet train`` with no options trains a narrow spiking ResNet-18 on scikit-learn's bundled digits
 (no download, a few minutes on a laptop CPU); ``sj-resnet eval --checkpoint RUN_DIR`` scores a checkpoint.
-Heavy imports (torch, torchvision, SpikingJelly) happen after argument parsing, so ``--help`` is instant.
-See ``docs/training.md``.
+The option choices come from the modules that implement them (so torch and SpikingJelly load with the parser);
+the ``[train]`` extra's packages (torchvision, tqdm, TensorBoard, matplotlib, scikit-learn) load only when a
+command runs, and a missing one is named with the install command. See ``docs/training.md``.
 """
 
 from __future__ import annotations
@@ -135,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRAIN_PACKAGES = {"torchvision": "torchvision", "tqdm": "tqdm", "tensorboard": "tensorboard",
+                  "matplotlib": "matplotlib", "sklearn": "scikit-learn"}
+"""Import name -> distribution of what the ``[train]`` extra adds (pyproject.toml); the commands need them all."""
+
+
+def _missing_train_packages() -> list[str]:
+    import importlib.util
+
+    return [dist for mod, dist in TRAIN_PACKAGES.items() if importlib.util.find_spec(mod) is None]
+
+
 def _explicit(ns: argparse.Namespace, skip: Sequence[str]) -> dict[str, Any]:
     return {k: v for k, v in vars(ns).items() if v is not None and k not in skip}
 
@@ -151,6 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+
+    missing = _missing_train_packages()
+    if missing:
+        return _error(f"`sj-resnet {args.command}` needs {', '.join(missing)}: pip install 'sj-resnet[train]'")
 
     from .train.checkpoint import CheckpointError
     from .train.config import ConfigError
