@@ -35,10 +35,6 @@ DIGITS_SPLIT_SEED = 0  # the split is fixed whatever --seed is, so every run is 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
-DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
-"""Every ``--dataset`` :func:`build_datasets` knows (``recipes.DATASET_DEFAULTS`` has an entry for each)."""
-
-
 class DataError(RuntimeError):
     """The dataset cannot be loaded; the message says what was expected and how to fix it."""
 

@@ -2,31 +2,38 @@
 
 The checkpoint's ``model_spec`` rebuilds the exact network; its ``config`` supplies the dataset unless the
 command line overrides one of :data:`~sj_resnet.train.config.EVAL_FIELDS` (the number of classes and input
-channels must match). Device, process group, threads and data come from the same set-up code as training
+channels must match). Where the data lives and whether to download it come from the command line only
+(``--data-dir``, ``--download``), never from the checkpoint: a file from elsewhere must not choose paths on this
+machine or start a download. Device, process group, threads and data come from the same set-up code as training
 (:mod:`sj_resnet.train.runtime`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .config import EVAL_FIELDS, ConfigError, TrainConfig, validate
+from .config import COMMAND_LINE_ONLY, EVAL_FIELDS, ConfigError, TrainConfig, validate
 from .engine import evaluate
 from .firing import FiringRateMonitor
-from .modeling import build_model, count_parameters
+from .modeling import build_model, check_backend, count_parameters
+from .rundir import check_output_file
 from .runtime import build_data, start_runtime
 
 
 def eval_config(stored: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
-    """The checkpoint's config with the command line's ``overrides`` (only :data:`EVAL_FIELDS` may change)."""
+    """The checkpoint's config with the command line's ``overrides`` (only :data:`EVAL_FIELDS` may change).
+
+    The device and :data:`COMMAND_LINE_ONLY` fields (data location, download) never come from the checkpoint."""
     bad = sorted(set(overrides) - EVAL_FIELDS)
     if bad:
         raise ConfigError(f"sj-resnet eval does not take {', '.join('--' + b.replace('_', '-') for b in bad)}")
-    values = {k: v for k, v in stored.items() if k in TrainConfig.__dataclass_fields__}
+    values = {k: v for k, v in stored.items()
+              if k in TrainConfig.__dataclass_fields__ and k not in COMMAND_LINE_ONLY}
     values["device"] = "auto"  # where the checkpoint was trained says nothing about this machine
     values.update(overrides)
     return validate(TrainConfig(**values))
@@ -34,11 +41,14 @@ def eval_config(stored: dict[str, Any], overrides: dict[str, Any]) -> TrainConfi
 
 def run_eval(checkpoint: str, overrides: dict[str, Any], output: str | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (file or run directory); ``overrides`` are config fields given on the command line."""
+    if output is not None:
+        check_output_file(output)  # before the evaluation, not after it
     path = ckpt_io.resolve_path(checkpoint)
     ck = ckpt_io.read(path, map_location="cpu", require_training_state=False)
     cfg = eval_config(ck["config"], overrides)
     rt = start_runtime(cfg)
     try:
+        check_backend(cfg.backend, rt.device)
         spec = json.loads(json.dumps(ck["model_spec"]))
         spec["kwargs"]["backend"] = cfg.backend
         data = build_data(cfg, rt)
@@ -71,7 +81,9 @@ def run_eval(checkpoint: str, overrides: dict[str, Any], output: str | None = No
         if rt.is_main:
             print(format_eval(result), flush=True)
             if output:
-                Path(output).write_text(json.dumps(result, indent=2) + "\n")
+                tmp = Path(output).with_name(f".{Path(output).name}.tmp-{os.getpid()}")
+                tmp.write_text(json.dumps(result, indent=2) + "\n")
+                tmp.replace(output)
         return result
     finally:
         distributed.cleanup()

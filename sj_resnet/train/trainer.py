@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt_io
-from . import distributed
+from . import distributed, rundir
 from .config import TrainConfig
 from .engine import evaluate, forward_batch, progress, sync
 from .firing import FiringRateMonitor
-from .modeling import build_model, count_parameters, model_spec
+from .modeling import build_model, check_backend, count_parameters, model_spec
 from .report import Reporter, peak_memory_mib
 from .runtime import build_data, seed_all, start_runtime
 from .schedule import build_ema, build_optimizer, build_scheduler
@@ -123,6 +123,7 @@ class Trainer:
         self._build_optimisation()
         self._start_state(resume, resume_path)
         self._wrap_model()
+        self._create_output_dir()
         self.reporter = Reporter(self.out, self.is_main, cfg.tensorboard,
                                  purge_step=self.start_epoch + 1 if resume is not None else None)
 
@@ -130,6 +131,7 @@ class Trainer:
     # set-up steps
 
     def _check_device_options(self) -> None:
+        check_backend(self.cfg.backend, self.device)
         if self.cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("--amp fp16 needs a CUDA device (GradScaler); on a CPU use --amp bf16 or none")
         if self.cfg.sync_bn and self.device.type != "cuda":
@@ -151,10 +153,15 @@ class Trainer:
                     f"{out} already holds a checkpoint ({ckpt_io.LAST}); pass --resume {out} to continue "
                     "that run, or choose another --output-dir"
                 )
-            out.mkdir(parents=True, exist_ok=True)
-        distributed.barrier()
+            rundir.check_writable_dir(out)  # the folder itself is created once the set-up has succeeded
         cfg.output_dir = str(out)
         return out
+
+    def _create_output_dir(self) -> None:
+        """Create the run folder once every set-up step has succeeded (a failed set-up leaves nothing behind)."""
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
 
     def _build_data(self) -> None:
         self.data = build_data(self.cfg, self.rt)

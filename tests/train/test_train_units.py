@@ -138,23 +138,45 @@ def test_parse_surrogate():
 
 
 def test_every_choice_has_one_owner():
-    """The CLI and the config take each list of choices from the module that implements it."""
+    """The CLI takes every list of choices from train/config.py; the copies there of lists the neuron and model
+    packages own (kept torch-free for `--help`) equal their owners."""
     from sj_resnet.cli import build_parser
     from sj_resnet.models.blocks import NORMS
     from sj_resnet.models.resnet import READOUTS
     from sj_resnet.neuron.backends import ALL_BACKENDS
+    from sj_resnet.neuron.ops import check_decay
     from sj_resnet.neuron.surrogates import SURROGATES
-    from sj_resnet.train.data import DATASETS
-    from sj_resnet.train.modeling import SURROGATE_NAMES
 
-    assert list(DATASET_DEFAULTS) == list(DATASETS)
-    assert set(SURROGATE_NAMES) == {s.name.lower() for s in SURROGATES}
+    assert list(DATASET_DEFAULTS) == list(cfgmod.DATASETS)
+    assert (cfgmod.NORMS, cfgmod.READOUTS, cfgmod.BACKENDS) == (NORMS, READOUTS, ALL_BACKENDS)
+    assert cfgmod.SURROGATES == {s.name.lower(): s.name for s in SURROGATES}
+    for decay in (0.0, 1e-9, 0.5, 1.0, 1.0 + 1e-9):  # the config's decay range is the neuron's
+        neuron_ok = config_ok = True
+        try:
+            check_decay(decay)
+        except ValueError:
+            neuron_ok = False
+        try:
+            cfgmod.resolve({"decay": decay})
+        except cfgmod.ConfigError:
+            config_ok = False
+        assert neuron_ok == config_ok, decay
     parser = build_parser()
     train = parser._subparsers._group_actions[0].choices["train"]  # argparse keeps sub-parsers nowhere public
     choices = {a.dest: tuple(a.choices) for a in train._actions if a.choices is not None}
-    assert choices == {"dataset": DATASETS, "norm": NORMS, "readout": READOUTS, "backend": ALL_BACKENDS,
+    assert choices == {"dataset": cfgmod.DATASETS, "norm": NORMS, "readout": READOUTS, "backend": ALL_BACKENDS,
                        "opt": cfgmod.OPTIMIZERS, "loss": cfgmod.LOSSES, "amp": cfgmod.AMP_MODES,
                        "recipe": tuple(sorted(RECIPES))}
     for name, choices_of in (("norm", NORMS), ("readout", READOUTS), ("backend", ALL_BACKENDS)):
         with pytest.raises(cfgmod.ConfigError, match=f"--{name} must be one of {', '.join(choices_of)}"):
             cfgmod.resolve({name: "nope"})
+
+
+def test_the_cli_builds_models_with_strict_state():
+    """The training and evaluation loops run with SpikingResNet.strict_state on (they reset before every batch)."""
+    from sj_resnet.train.modeling import build_model, model_spec
+
+    cfg = cfgmod.resolve({"width": 4, "T": 2})
+    model = build_model(model_spec(cfg, num_classes=10, in_channels=1))
+    assert model.strict_state is True
+    assert build_model(model_spec(cfg, num_classes=10, in_channels=1), strict_state=False).strict_state is False
