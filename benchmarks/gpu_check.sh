@@ -6,6 +6,7 @@
 # Steps (env STEPS selects a subset, in this order):
 #   env      versions, nvidia-smi
 #   wheels   pip install --no-index --no-deps --target /tmp/sjr_site $WHEELS/*.whl (spikingjelly 2.0.0, loguru)
+#   warm     python -m benchmarks.gpu.warm_cache: every CUDA module compiled in parallel into CUPY_CACHE_DIR
 #   tests    pytest -m gpu (tests/gpu and every gpu-marked test of the suite) with SJR_REQUIRE_GPU=1: a skip fails
 #   index64  python -m benchmarks.gpu.stress_checks index64: bf16, T=2, n = 2^30+4 (vector) and 2^30+1 (scalar),
 #            first and last 2^20 neurons of each step vs the torch backend
@@ -29,13 +30,13 @@ DRY=${DRY:-0}
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
-        -h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
-STEPS=${STEPS:-"env wheels tests index64 flips memcheck neurons kernels"}
+STEPS=${STEPS:-"env wheels warm tests index64 flips memcheck neurons kernels"}
 WHEELS=${WHEELS:-.whl}
 PY=${PY:-python3}
 LOG="$OUT/gpu_check.log"
@@ -131,6 +132,9 @@ if want wheels; then
     else
         skip_step wheels "no $WHEELS/*.whl"
     fi
+fi
+if want warm; then
+    if [[ $DRY -eq 1 ]]; then skip_step warm "needs a GPU"; else run_step warm "$PY" -m benchmarks.gpu.warm_cache; fi
 fi
 if want tests; then
     if [[ $DRY -eq 1 ]]; then

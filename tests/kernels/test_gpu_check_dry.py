@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_dry_run(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path / "out"), STEPS="env wheels index64 flips memcheck neurons kernels",
+    env = dict(os.environ, OUT=str(tmp_path / "out"), STEPS="env wheels warm index64 flips memcheck neurons kernels",
                PY="python", CUPY_CACHE_DIR=str(tmp_path / "cupy_cache"))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run"], env=env,
@@ -28,7 +28,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     out = tmp_path / "out"
     summary = (out / "summary.md").read_text()
-    assert "| memcheck | skipped: needs a GPU |" in summary
+    assert "| memcheck | skipped: needs a GPU |" in summary and "| warm | skipped: needs a GPU |" in summary
     assert "| kernels | 0 |" in summary and "| neurons | 0 |" in summary
     assert "| index64 | 0 |" in summary and "| flips | 0 |" in summary
     payload = json.loads((out / "kernels.json").read_text())

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from sj_resnet.neuron.params import DecayFireParams
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sj_resnet.neuron.backends.cupy import contract, traffic
-from sj_resnet.neuron.params import DecayFireParams
 
 pytestmark = pytest.mark.cuda_cpu
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cuda_backend.md"

@@ -106,16 +106,21 @@ def _vecs(dtype: str) -> tuple[int, ...]:
     return (1, vec) if vec > 1 else (1,)
 
 
-def all_name_expressions(dtypes: Iterable[str] = tuple(DTYPES)) -> list[str]:
-    """Every instantiation the package can launch (what the compile tests build)."""
-    names: list[str] = []
+def all_module_groups(dtypes: Iterable[str] = tuple(DTYPES)) -> list[tuple[str, ...]]:
+    """Every cache unit (module) the launcher can compile, in a fixed order."""
+    groups: list[tuple[str, ...]] = []
     for dt in dtypes:
-        names += forward_module_names(dt)
+        groups.append(forward_module_names(dt))
         for sid in SURROGATE_IDS:
             for detach in (False, True):
                 for half in (False, True):
-                    names += backward_module_names(dt, sid, detach, half)
-    return names
+                    groups.append(backward_module_names(dt, sid, detach, half))
+    return groups
+
+
+def all_name_expressions(dtypes: Iterable[str] = tuple(DTYPES)) -> list[str]:
+    """Every instantiation the package can launch (what the compile tests build)."""
+    return [name for group in all_module_groups(dtypes) for name in group]
 
 
 # --------------------------------------------------------------------------------------------------
