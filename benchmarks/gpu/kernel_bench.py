@@ -86,15 +86,19 @@ def backends_for(device: torch.device) -> tuple[dict, dict]:
 
 def config_calls(found: dict, x, gs, v0, gv, decay) -> dict[str, Callable[[], object]]:
     """``{"<backend>/fwd" | "<backend>/bwd-<surrogate>": call}`` for one input configuration."""
+    from sj_resnet.neuron.params import DecayFireParams
+
+    def params(sid: int = 0, alpha: float = 1.0) -> DecayFireParams:
+        return DecayFireParams(v_threshold=0.5, surrogate_id=sid, alpha=alpha, detach_reset=False, store_v_seq=False)
+
     fns = {}
     for bname, mod in found.items():
-        h = mod.forward(x, v0, decay, 0.5, False)[2]
-        fns[f"{bname}/fwd"] = lambda mod=mod: mod.forward(x, v0, decay, 0.5, False)
+        h = mod.forward(x, v0, decay, params(), True)[2]
+        fns[f"{bname}/fwd"] = lambda mod=mod: mod.forward(x, v0, decay, params(), True)
         for sname, sid in SURROGATES.items():
             alpha = 2.0 if sname == "ATan" else 1.0
-            fns[f"{bname}/bwd-{sname}"] = lambda mod=mod, h=h, sid=sid, alpha=alpha: mod.backward(
-                gs, gv, h, v0, decay, 0.5, sid, alpha, False, False, False
-            )
+            p = params(sid, alpha)
+            fns[f"{bname}/bwd-{sname}"] = lambda mod=mod, h=h, p=p: mod.backward(gs, gv, h, v0, decay, p, True, False)
     return fns
 
 

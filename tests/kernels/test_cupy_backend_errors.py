@@ -12,9 +12,11 @@ import torch
 from sj_resnet.neuron import decay_fire_multi_step
 from sj_resnet.neuron.backends import cupy as cupy_backend
 from sj_resnet.neuron.backends.cupy import kernels
+from sj_resnet.neuron.params import DecayFireParams
 
 pytestmark = pytest.mark.cuda_cpu
 HAS_CUPY = importlib.util.find_spec("cupy") is not None
+P = DecayFireParams(v_threshold=0.5, surrogate_id=0, alpha=1.0, detach_reset=False, store_v_seq=False)
 
 
 def test_package_imports_without_cupy():
@@ -30,10 +32,9 @@ def test_package_imports_without_cupy():
 def test_cpu_tensor_is_a_value_error():
     x = torch.zeros(2, 3)
     with pytest.raises(ValueError, match=r"needs CUDA tensors.*backend='torch'"):
-        cupy_backend.forward(x, torch.zeros(3), torch.tensor(0.5), 0.5, False)
+        cupy_backend.forward(x, torch.zeros(3), torch.tensor(0.5), P, False)
     with pytest.raises(ValueError, match="needs CUDA tensors"):
-        cupy_backend.backward(x, torch.zeros(3), x, torch.zeros(3), torch.tensor(0.5), 0.5, 0, 1.0, False, False,
-                              False)
+        cupy_backend.backward(x, torch.zeros(3), x, torch.zeros(3), torch.tensor(0.5), P, False, False)
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         decay_fire_multi_step(torch.zeros(2, 3), backend="cupy")
 
@@ -42,7 +43,7 @@ def test_cpu_tensor_is_a_value_error():
 def test_unsupported_dtype_is_a_type_error(dtype):
     x = torch.zeros(2, 3).to(dtype)
     with pytest.raises(TypeError, match="float32/float16/bfloat16/float64"):
-        cupy_backend.forward(x, torch.zeros(3), torch.tensor(0.5), 0.5, False)
+        cupy_backend.forward(x, torch.zeros(3), torch.tensor(0.5), P, False)
 
 
 def test_state_dtype_mismatch_is_a_type_error():

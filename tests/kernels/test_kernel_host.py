@@ -14,8 +14,10 @@ import pytest
 import torch
 from spikingjelly.activation_based import surrogate
 
+from sj_resnet.neuron.backends import cupy as cupy_backend
 from sj_resnet.neuron.backends import torch_fused
 from sj_resnet.neuron.backends.cupy import kernels, runner
+from sj_resnet.neuron.params import DecayFireParams
 from sj_resnet.neuron.reference import decay_fire_reference, state_dtype_for
 from sj_resnet.neuron.surrogates import SURROGATES
 
@@ -27,6 +29,12 @@ V_TH = 0.5
 SHAPE_VEC = (5, 2, 3, 13, 28)
 # n = 3*5*7*11 = 1155: odd, so scalar; 1155 threads = 4 full blocks + 131.
 SHAPE_RAGGED = (4, 3, 5, 7, 11)
+
+
+def _params(sid: int = 0, alpha: float = 1.0, detach: bool = False, store_v_seq: bool = False) -> DecayFireParams:
+    return DecayFireParams(
+        v_threshold=V_TH, surrogate_id=sid, alpha=alpha, detach_reset=detach, store_v_seq=store_v_seq
+    )
 
 
 def _dyadic(shape, lo, hi, gen, dtype) -> torch.Tensor:
@@ -78,7 +86,7 @@ def test_kernels_match_reference(host_kernels, dtype, path, per_channel, store_v
     assert _launched_vec(host_kernels.launches[-1].name) == _expected_vec(dtype, path)
     ref_spike, ref_v_last, ref_v_seq = decay_fire_reference(x, v0, decay, V_TH, surrogate.Rect(), False)
     ref_h = ref_v_seq.new_empty(ref_v_seq.shape)
-    tf_spike, tf_v_out, tf_h = torch_fused.forward(x, v0, decay, V_TH, store_v_seq)
+    tf_spike, tf_v_out, tf_h = torch_fused.forward(x, v0, decay, _params(store_v_seq=store_v_seq), True)
     ref_h.copy_(tf_h)
     assert spike.dtype == dtype and h_seq.dtype == sdt and v_out.dtype == sdt
     assert torch.equal(spike, ref_spike)
@@ -118,7 +126,7 @@ def test_kernels_match_reference(host_kernels, dtype, path, per_channel, store_v
             _close(gv0, ref[1], tol, f"grad_v0 {what}")
             _close(gd, ref[2], tol, f"grad_decay {what}")
             tf = torch_fused.backward(
-                grad_spike, grad_v, h_seq, v0, decay, V_TH, spec.sid, alpha, detach, store_v_seq, True
+                grad_spike, grad_v, h_seq, v0, decay, _params(spec.sid, alpha, detach, store_v_seq), True, True
             )
             _close(gx, tf[0], tol, f"grad_x vs torch {what}")
             _close(gd, tf[2], tol, f"grad_decay vs torch {what}")
@@ -141,7 +149,7 @@ def test_no_decay_grad_and_partial_layout(host_kernels, per_channel):
     assert host_kernels.launches[-1].args[7] == ("ptr", 0)  # decay_partial = nullptr
     assert torch.equal(gd, torch.zeros_like(decay))
     gx, gv0, gd = runner.run_backward(gs, gv, h, v0, decay, V_TH, 2, 2.0, False, False, True, host_kernels.launch)
-    tf = torch_fused.backward(gs, gv, h, v0, decay, V_TH, 2, 2.0, False, False, True)
+    tf = torch_fused.backward(gs, gv, h, v0, decay, _params(2, 2.0), True, True)
     _close(gd, tf[2], 2e-5, "grad_decay")
     _close(gv0, tf[1], 2e-5, "grad_v0")
 
@@ -158,7 +166,7 @@ def test_continuous_inputs_away_from_threshold(host_kernels, dtype):
     spike, v_last, h = runner.run_forward(x, v0, decay, V_TH, False, host_kernels.launch)
     x64 = x.double()
     s64, _, vs64 = decay_fire_reference(x64, v0.double(), decay.double(), V_TH, surrogate.Rect(), False)
-    h64 = torch_fused.forward(x64, v0.double(), decay.double(), V_TH, True)[2]
+    h64 = torch_fused.forward(x64, v0.double(), decay.double(), _params(store_v_seq=True), True)[2]
     for spec in SURROGATES:
         alpha = 1.7
         boundaries = [V_TH] + ([V_TH - 0.5 / alpha, V_TH + 0.5 / alpha] if spec.name == "Rect" else [])
@@ -174,8 +182,8 @@ def test_continuous_inputs_away_from_threshold(host_kernels, dtype):
         gx, gv0, _ = runner.run_backward(
             gs.to(dtype), gv.float(), h, v0, decay, V_TH, spec.sid, alpha, False, False, True, host_kernels.launch
         )
-        ref = torch_fused.backward(gs.to(dtype).double(), gv, h64, v0.double(), decay.double(), V_TH, spec.sid,
-                                   alpha, False, False, False)
+        ref = torch_fused.backward(gs.to(dtype).double(), gv, h64, v0.double(), decay.double(),
+                                   _params(spec.sid, alpha), True, False)
         tol = 2e-4 if dtype == torch.float32 else 2e-2
         _close(gx.double()[:, keep], ref[0][:, keep], tol, f"grad_x {spec.name}")
         _close(gv0.double()[keep], ref[1][keep], tol, f"grad_v0 {spec.name}")
@@ -197,13 +205,14 @@ def test_surrogate_twin_matches_python_table(host_kernels):
 
 def test_through_custom_op_and_autograd(host_kernels, monkeypatch):
     """The whole op (torch.library custom op + autograd) with the host kernels standing in for the GPU."""
+    import functools
     import types
 
     from sj_resnet.neuron import backends, ops
 
-    fake = types.SimpleNamespace(
-        forward=lambda *a: runner.run_forward(*a, host_kernels.launch),
-        backward=lambda *a: runner.run_backward(*a, host_kernels.launch),
+    fake = types.SimpleNamespace(  # the cupy backend's contract adapter, launching the host kernels
+        forward=functools.partial(cupy_backend.forward_with, host_kernels.launch),
+        backward=functools.partial(cupy_backend.backward_with, host_kernels.launch),
     )
     monkeypatch.setattr(backends, "get_backend", lambda name: fake)
     gen = torch.Generator().manual_seed(5)
