@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from sj_resnet.neuron.params import DecayFireParams
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sj_resnet.neuron.backends.cupy import contract, traffic
+from sj_resnet.neuron.params import DecayFireParams
 
 pytestmark = pytest.mark.cuda_cpu
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cuda_backend.md"
@@ -244,3 +244,19 @@ def test_docs_table_states_the_counted_numbers(host_kernels):
     for mode in MODES:
         expected = run_mode(host_kernels, *mode)
         assert rows[mode] == (expected.read, expected.write), mode
+
+
+def test_the_byte_check_can_fail(host_kernels):
+    """A term left out of the expectation (a carried v0 counted as fresh) and an access outside the listed tensors
+    are both reported: the equality above is not vacuous."""
+    x, v0, decay = _inputs(torch.float32, True, False)
+    n_before = len(host_kernels.launches)
+    spike, v_out, saved = contract.run_forward(x, v0, decay, _params(), True, host_kernels)
+    T, n = SHAPE[0], math.prod(SHAPE[1:])
+    fresh = traffic.forward_bytes(T=T, n=n, x_size=4, state_size=4, saved_size=4, v0=False, store_v_seq=False)
+    buffers = {"x": _range(x), "v0": _range(v0), "decay": _range(decay), "spike": _range(spike),
+               "saved": _range(saved), "v_out": _range(v_out)}
+    with pytest.raises(AssertionError):
+        check_launch(host_kernels, n_before, buffers, fresh, broadcast={"decay"})
+    with pytest.raises(AssertionError, match="outside every tensor"):
+        per_buffer(host_kernels.traffic, {k: v for k, v in buffers.items() if k != "v0"})
