@@ -88,7 +88,7 @@ def forward_with(
     if not needs_grad:
         return spike, v_out, None
     if p.saved_state == "fp16":
-        return spike, v_out, (h_seq - p.v_threshold).to(torch.float16)
+        return spike, v_out, (h_seq - p.v_threshold).clamp_(-65504.0, 65504.0).to(torch.float16)
     return spike, v_out, h_seq
 
 
