@@ -5,7 +5,7 @@ It checks the inputs, picks a backend, and calls the fused op ``torch.ops.sj_res
 ``torch.compile(fullgraph=True)`` traces it as one node) or the reference implementation.
 
 Backends: ``'reference'`` (plain autograd, any surrogate), ``'torch'`` (fused, CPU and CUDA),
-``'cupy'`` (CUDA kernels), ``'auto'`` (``cupy`` for CUDA tensors when CuPy is importable, else
+``'cupy'`` (CUDA kernels), ``'auto'`` (``cupy`` for CUDA tensors when its probe passes on that device, else
 ``torch``; on the CPU under ``torch.compile``, ``reference``, which inductor fuses; under ``torch.func``
 transforms, ``reference``; a surrogate without a fused kernel falls back to ``reference`` with a one-time
 warning).
@@ -18,7 +18,6 @@ grad) the backend runs without an autograd node and saves nothing.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 
@@ -299,11 +298,6 @@ def _is_functorch_wrapped(t) -> bool:
     return isinstance(t, Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
-@functools.cache
-def _cupy_ok() -> bool:
-    return backends.cupy_available()
-
-
 def resolve_backend(backend: str, x_seq: Tensor, fused_ok: bool, surrogate_name: str, under_func: bool = False) -> str:
     """The concrete backend for this call (see the module docstring for the rules)."""
     if backend not in backends.ALL_BACKENDS:
@@ -334,7 +328,7 @@ def resolve_backend(backend: str, x_seq: Tensor, fused_ok: bool, surrogate_name:
         return "reference"
     if backend == "auto":
         if x_seq.is_cuda:
-            return "cupy" if _cupy_ok() else "torch"
+            return "cupy" if backends.get_backend("cupy").usable(x_seq.device) else "torch"
         # Under torch.compile on the CPU, inductor fuses the reference loop into one C++ kernel, which
         # measured 2.9x faster than the opaque fused op (docs/benchmarks.md, neurons_compiled).
         return "reference" if torch.compiler.is_compiling() else "torch"
@@ -343,6 +337,8 @@ def resolve_backend(backend: str, x_seq: Tensor, fused_ok: bool, surrogate_name:
             f"backend='cupy' needs CUDA tensors, got a tensor on {x_seq.device}; "
             "move the model and data to a GPU (.cuda()) or use backend='torch' (or 'auto')"
         )
+    if backend == "cupy":
+        backends.get_backend("cupy").usable(x_seq.device, explicit=True)  # raises with the probe's reason
     return backend
 
 
