@@ -9,6 +9,12 @@ ratio ``t_SJ / t_ours``. Bytes saved for backward are counted with ``saved_tenso
 
 Targets (issue 2): ``t_SJ / t_ours >= 2`` and ``saved_ours / saved_SJ <= 1/3`` on both shapes.
 ``--profile`` adds a ``torch.profiler`` table of our torch backend's forward+backward (op self-times).
+
+Modes of our torch backend (``modes`` in the JSON, same shapes, interleaved among themselves):
+``fwd_grad`` (forward of an input that requires grad: saves ``h_seq``), ``fwd_inference`` (the same forward under
+``torch.no_grad``: spikes and the last state only), ``fwdbwd_fp32`` / ``fwdbwd_fp16`` (fresh-state forward +
+backward with ``saved_state='fp32'`` / ``'fp16'``), and the saved bytes of both states. Targets (issue 13):
+inference forward ``>= 1.5x`` the grad-mode forward; fp16 saved bytes exactly ``0.5x`` fp32's.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ SHAPES = ((4, 32, 64, 32, 32), (8, 65536))
 IMPL_KEYS = ("ours_torch", "ours_reference", "sj_rect")
 SPEED_TARGET = 2.0
 BYTES_TARGET = 1.0 / 3.0
+INFERENCE_TARGET = 1.5
 
 
 def fwd_bwd(run, x: torch.Tensor, g: torch.Tensor) -> None:
@@ -57,6 +64,45 @@ def measure_shape(shape: tuple[int, ...], rounds: int, seed: int = 0) -> dict:
             "speedup_ge_2": speedup["ours_torch"] >= SPEED_TARGET,
             "saved_bytes_le_one_third": bytes_ratio["ours_torch"] <= BYTES_TARGET,
         },
+    }
+
+
+def measure_modes(shape: tuple[int, ...], rounds: int, seed: int = 0) -> dict:
+    """Our torch backend's forward with and without grad, and fwd+bwd with either saved state (see the docstring)."""
+    device = torch.device("cpu")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen).requires_grad_(True)
+    g = torch.randn(shape, generator=gen)
+    run32 = make_runner("ours_torch", device)[0]
+    run16, node16 = make_runner("ours_torch", device)
+    node16.saved_state = "fp16"
+
+    def inference() -> None:
+        with torch.no_grad():
+            run32(x)
+
+    fns = {
+        "fwd_grad": lambda: run32(x),
+        "fwd_inference": inference,
+        "fwdbwd_fp32": lambda: fwd_bwd(run32, x, g),
+        "fwdbwd_fp16": lambda: fwd_bwd(run16, x, g),
+    }
+    timing = common.interleaved_medians(fns, device, rounds=rounds, warmup=2, min_sample_s=0.05)
+    saved = {k: common.saved_bytes(lambda r=r: r(x), exclude=(x,)) for k, r in (("fp32", run32), ("fp16", run16))}
+
+    def ratio(a: str, b: str) -> float:
+        return common.ratio_stats(timing[a]["samples_s"], timing[b]["samples_s"])
+
+    inference_speedup = ratio("fwd_grad", "fwd_inference")
+    bytes_ratio = saved["fp16"]["bytes"] / saved["fp32"]["bytes"]
+    return {
+        "shape": list(shape),
+        "timing": timing,
+        "saved": saved,
+        "inference_speedup_vs_grad_fwd": inference_speedup,
+        "fwdbwd_fp16_speedup_vs_fp32": ratio("fwdbwd_fp32", "fwdbwd_fp16"),
+        "saved_bytes_fp16_over_fp32": bytes_ratio,
+        "targets": {"inference_ge_1_5": inference_speedup >= INFERENCE_TARGET, "fp16_bytes_half": bytes_ratio == 0.5},
     }
 
 
@@ -117,11 +163,26 @@ def main(argv: list[str] | None = None) -> int:
             f"{'met' if sp >= SPEED_TARGET else 'MISSED'})"
         )
         print(f"  saved bytes torch / SJ: {br:.3f} (target <= 1/3: {'met' if br <= BYTES_TARGET else 'MISSED'})")
+    payload["modes"] = []
+    for shape in shapes:
+        m = measure_modes(shape, args.rounds)
+        payload["modes"].append(m)
+        t = m["timing"]
+        print(f"\nour torch backend's modes, shape {list(shape)}")
+        for k in t:
+            print(f"  {k:14s} {common.fmt_time(t[k]['median_s']):>10s}")
+        inf = m["inference_speedup_vs_grad_fwd"]
+        print(
+            f"  inference / grad-mode forward: {inf:.2f}x (target >= {INFERENCE_TARGET}x: "
+            f"{'met' if inf >= INFERENCE_TARGET else 'MISSED'}); fwd+bwd fp16-state vs fp32-state: "
+            f"{m['fwdbwd_fp16_speedup_vs_fp32']:.2f}x; saved bytes fp16 / fp32: {m['saved_bytes_fp16_over_fp32']:.3f} "
+            f"({common.fmt_bytes(m['saved']['fp16']['bytes'])} / {common.fmt_bytes(m['saved']['fp32']['bytes'])})"
+        )
     if args.profile:
         table = profile_ours(shapes[0])
         payload["profile_ours_torch"] = table
         print(f"\ntorch.profiler, ours torch fwd+bwd on {list(shapes[0])} (5 iterations):\n{table}")
-    all_met = all(all(r["targets"].values()) for r in payload["rows"])
+    all_met = all(all(r["targets"].values()) for r in payload["rows"] + payload["modes"])
     payload["all_targets_met"] = all_met
     payload["summary"] = {
         "speedup_min": min(r["speedup_vs_sj_rect"]["ours_torch"] for r in payload["rows"]),

@@ -307,7 +307,7 @@ def resolve_backend(backend: str, x_seq: Tensor, fused_ok: bool, surrogate_name:
     if under_func:
         if backend != "auto":
             raise ValueError(
-                f"backend={backend!r} does not support torch.func transforms (vmap, grad, jacrev, ...): its "
+                f"backend={backend!r} does not support torch.func transforms (grad, jacrev, vjp, vmap, ...): its "
                 "backward is hand-written; use backend='reference' (or 'auto', which picks it under torch.func)"
             )
         return "reference"

@@ -71,23 +71,33 @@ def _erf(x: Tensor, a: float) -> Tensor:
 
 @dataclass(frozen=True)
 class SurrogateSpec:
-    """One row of the table: the kernel id, the SpikingJelly class, and ``sg(x, alpha)`` in torch."""
+    """One row of the table: the kernel id, the SpikingJelly class, ``sg(x, alpha)`` in torch, and two bounds.
+
+    ``peak(a) = max_x sg(x; a)`` and ``slope(a) = max_x |sg'(x; a)|`` (the Lipschitz constant; Rect's is 0 away
+    from its two jumps at ``|x| = 1/(2a)``). They bound how much a perturbed membrane changes the gradient
+    (``saved_state='fp16'``, ``docs/neuron.md``); the tests check them against the formulas.
+    """
 
     sid: int
     name: str
     sj_class: type
     grad: Callable[[Tensor, float], Tensor]
+    peak: Callable[[float], float]
+    slope: Callable[[float], float]
 
 
 SURROGATES: tuple[SurrogateSpec, ...] = (
-    SurrogateSpec(0, "Rect", surrogate.Rect, _rect),
-    SurrogateSpec(1, "Sigmoid", surrogate.Sigmoid, _sigmoid),
-    SurrogateSpec(2, "ATan", surrogate.ATan, _atan),
-    SurrogateSpec(3, "PiecewiseQuadratic", surrogate.PiecewiseQuadratic, _piecewise_quadratic),
-    SurrogateSpec(4, "PiecewiseExp", surrogate.PiecewiseExp, _piecewise_exp),
-    SurrogateSpec(5, "SoftSign", surrogate.SoftSign, _soft_sign),
-    SurrogateSpec(6, "SuperSpike", surrogate.SuperSpike, _super_spike),
-    SurrogateSpec(7, "Erf", surrogate.Erf, _erf),
+    SurrogateSpec(0, "Rect", surrogate.Rect, _rect, lambda a: a, lambda a: 0.0),
+    SurrogateSpec(1, "Sigmoid", surrogate.Sigmoid, _sigmoid, lambda a: a / 4, lambda a: a * a / (6 * math.sqrt(3))),
+    SurrogateSpec(2, "ATan", surrogate.ATan, _atan, lambda a: a / 2,
+                  lambda a: a * a * 9 * math.pi / (32 * math.sqrt(3))),  # fmt: skip
+    SurrogateSpec(3, "PiecewiseQuadratic", surrogate.PiecewiseQuadratic, _piecewise_quadratic, lambda a: a,
+                  lambda a: a * a),  # fmt: skip
+    SurrogateSpec(4, "PiecewiseExp", surrogate.PiecewiseExp, _piecewise_exp, lambda a: a / 2, lambda a: a * a / 2),
+    SurrogateSpec(5, "SoftSign", surrogate.SoftSign, _soft_sign, lambda a: a / 2, lambda a: a * a),
+    SurrogateSpec(6, "SuperSpike", surrogate.SuperSpike, _super_spike, lambda a: a, lambda a: 2 * a),
+    SurrogateSpec(7, "Erf", surrogate.Erf, _erf, lambda a: a / math.sqrt(math.pi),
+                  lambda a: a * a * math.sqrt(2 / math.pi) * math.exp(-0.5)),  # fmt: skip
 )
 _BY_CLASS = {spec.sj_class: spec for spec in SURROGATES}
 _BY_ID = {spec.sid: spec for spec in SURROGATES}

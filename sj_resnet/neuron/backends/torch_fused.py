@@ -29,6 +29,8 @@ from ..params import DecayFireParams
 from ..reference import broadcast_decay
 from ..surrogates import surrogate_grad
 
+FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504: |h - v_th| beyond it is saved as +-65504
+
 
 def forward(
     x_seq: Tensor, v0: Tensor | None, decay: Tensor, p: DecayFireParams, needs_grad: bool
@@ -72,8 +74,8 @@ def forward(
                 h = x  # read only
         else:
             torch.addcmul(x, v, d, out=h)
-        if d_seq is not None:
-            torch.sub(h, vth, out=d_seq[t])  # rounded once to float16; its sign is the spike's
+        if d_seq is not None:  # rounded once to float16 (its sign is the spike's), saturated instead of +-inf
+            torch.sub(h, vth, out=d_seq[t]).clamp_(-FP16_MAX, FP16_MAX)
         o = o_buf if low else spike_seq[t]
         torch.ge(h, vth, out=o)
         torch.addcmul(h, h, o, value=-1.0, out=v_new)
