@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..models.memory import parse_memory
 from .modeling import parse_surrogate
 from .recipes import DATASET_DEFAULTS, RECIPES
 
@@ -58,6 +59,7 @@ class TrainConfig:
     v_threshold: float = 0.5
     detach_reset: bool = False
     backend: str = "auto"
+    memory: str = "standard"  # sj_resnet.models.memory.MEMORY_MODES: standard, compact, checkpoint[:LEVEL]
     # optimisation
     epochs: int = 10
     batch_size: int = 64  # per process
@@ -144,6 +146,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"unknown --recipe {cfg.recipe!r}; available: {', '.join(sorted(RECIPES))}")
     try:
         parse_surrogate(cfg.surrogate)
+        cfg.memory = str(parse_memory(cfg.memory))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return cfg
