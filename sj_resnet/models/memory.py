@@ -291,33 +291,59 @@ def spike_input(x: Tensor, compact: bool) -> SpikeInput:
 
 
 class _Standardised:
-    """A BN input saved as fp16 of ``(x - mean) * rsqrt(var + eps)`` per channel, with ``mean`` and the std."""
+    """A BN input kept for backward; :meth:`compress` turns it into fp16 of ``(x - mean) * invstd`` per channel."""
 
-    __slots__ = ("values", "mean", "std", "dtype")
+    __slots__ = ("full", "values", "mean", "invstd", "dtype")
 
-    def __init__(self, values: Tensor, mean: Tensor, std: Tensor, dtype: torch.dtype) -> None:
-        self.values, self.mean, self.std, self.dtype = values, mean, std, dtype
+    def __init__(self, x: Tensor) -> None:
+        self.full: Tensor | None = x
+        self.values = self.mean = self.invstd = None
+        self.dtype = x.dtype
+
+    def compress(self, mean: Tensor, invstd: Tensor) -> None:
+        x, self.full = self.full, None
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        self.mean = mean.detach().to(x.dtype).reshape(shape)
+        self.invstd = invstd.detach().to(x.dtype).reshape(shape)
+        with torch.no_grad():
+            self.values = ((x - self.mean) * self.invstd).to(torch.float16)
 
     def restore(self) -> Tensor:
-        return torch.addcmul(self.mean, self.values.to(self.mean.dtype), self.std).to(self.dtype)
+        if self.full is not None:
+            return self.full
+        return torch.addcdiv(self.mean, self.values.to(self.dtype), self.invstd)
 
 
 BN_INPUT_REL_ERROR = 2.0**-11
 """Bound on the relative error of every standardised BN input ``x_hat`` that ``compact`` backward sees."""
+
+_BN_NODES = ("NativeBatchNormBackward0", "CudnnBatchNormBackward0", "MiopenBatchNormBackward0")
+
+
+def _batch_stats(y: Tensor, x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """The per-channel batch ``(mean, invstd)`` the BN that produced ``y`` from ``x`` computed (read from its
+    autograd node, which saved them), or computed here if the node is of an unknown kind."""
+    node = y.grad_fn
+    if type(node).__name__ in _BN_NODES:
+        mean, invstd = node._saved_result1, node._saved_result2
+        if mean.shape == invstd.shape == (x.shape[1],):
+            return mean, invstd
+    with torch.no_grad():
+        var, mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != 1], correction=0)
+        return mean, (var + eps).rsqrt()
 
 
 def compact_batch_norm(bn: nn.Module, x: Tensor) -> Tensor:
     """``bn(x)`` for a real-valued ``x [B, C, H, W]`` (a conv output), saving ``x`` in 2 bytes instead of 4.
 
     Forward and running statistics are unchanged (``bn`` runs as usual). What BN's backward reads — its input —
-    is stored as fp16 of the standardised ``x_hat = (x - mean) * rsqrt(var + eps)`` (per-channel batch
-    statistics, computed once more here) and rebuilt as ``mean + x_hat * std`` in fp32. Standardising first
-    keeps fp16 in range (``|x_hat| <= sqrt(M)`` for ``M`` elements per channel, far below 65504) and makes the
-    rounding relative to the spread that BN's backward uses: every ``x_hat`` backward recomputes carries a
-    relative error of at most ``2**-11`` (:data:`BN_INPUT_REL_ERROR`, fp16 round-to-nearest) plus fp32
-    rounding, so the BN's gradients are within that relative bound of the exact ones (tested). Used only for a
-    plain ``nn.BatchNorm2d`` in training mode on fp32/fp64 input; 16-bit input (autocast) and anything else run
-    ``bn(x)`` unchanged.
+    is stored as fp16 of the standardised ``x_hat = (x - mean) * invstd`` (the batch statistics this BN just
+    computed) and rebuilt as ``mean + x_hat / invstd`` in the input dtype. Standardising keeps fp16 in range
+    (``|x_hat| <= sqrt(M)`` for ``M`` elements per channel, far below 65504) and makes the rounding relative to
+    the spread that BN's backward uses: every ``x_hat`` backward recomputes carries a relative error of at most
+    ``2**-11`` (:data:`BN_INPUT_REL_ERROR`, fp16 round-to-nearest) plus fp32 rounding, so the BN's gradients are
+    within that relative bound of the exact ones (tested). Used only for a plain ``nn.BatchNorm2d`` in training
+    mode on fp32/fp64 input; 16-bit input (autocast) and anything else run ``bn(x)`` unchanged.
     """
     if not (
         torch.is_grad_enabled()
@@ -328,23 +354,25 @@ def compact_batch_norm(bn: nn.Module, x: Tensor) -> Tensor:
         and x.requires_grad
     ):
         return bn(x)
-    with torch.no_grad():
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), keepdim=True, correction=0)
-        std = torch.sqrt(var + bn.eps)
-        inv_std = std.reciprocal()
     key = (x.data_ptr(), x.shape, x.stride(), x.dtype, x.device)  # no reference to x: it must be freed
+    kept: list[_Standardised] = []
 
     def pack(t: Tensor) -> Any:
         if (t.data_ptr(), t.shape, t.stride(), t.dtype, t.device) != key:
             return t
-        with torch.no_grad():
-            return _Standardised(((t - mean) * inv_std).to(torch.float16), mean, std, t.dtype)
+        kept.append(_Standardised(t))
+        return kept[-1]
 
     def unpack(saved: Any) -> Tensor:
         return saved.restore() if isinstance(saved, _Standardised) else saved
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        return bn(x)
+        y = bn(x)
+    if kept:  # compressed once BN has computed its statistics: no extra pass over x for them
+        mean, invstd = _batch_stats(y, x, bn.eps)
+        for k in kept:
+            k.compress(mean, invstd)
+    return y
 
 
 def _takes_saved_state(spiking_neuron: Any) -> bool:
