@@ -64,8 +64,8 @@ class Config:
 
 
 CONFIGS = {
-    "cifar-t4": Config("cifar-t4", "resnet18_cifar", 4, 32, 8, 64, None),
-    "cifar-t6": Config("cifar-t6", "resnet18_cifar", 6, 32, 8, 64, None),
+    "cifar-t4": Config("cifar-t4", "resnet18_cifar", 4, 32, 4, 64, None),
+    "cifar-t6": Config("cifar-t6", "resnet18_cifar", 6, 32, 4, 64, None),
     "r18-224": Config("r18-224", "resnet18", 4, 224, 1, 16, "spiking_resnet18"),
     "r34-224": Config("r34-224", "resnet34", 4, 224, 1, 16, "spiking_resnet34"),
 }

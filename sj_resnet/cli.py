@@ -88,7 +88,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--v-threshold", type=float, help="firing threshold (> 0)")
     g.add_argument("--detach-reset", action=B, default=None, help="no gradient through the reset")
     g.add_argument("--backend", choices=("auto", "torch", "cupy", "reference"), help="neuron kernel backend")
-    g.add_argument("--memory", help="what training keeps for backward: standard (default), compact (spikes "
+    g.add_argument("--memory", help="what training keeps for backward: standard, compact (spikes "
                                     "bit-packed, fp16 state; no recompute) or checkpoint[:LEVEL] (recompute blocks, "
                                     "LEVEL 1-4); see docs/models.md")
 

@@ -211,12 +211,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
         raise ConfigError(f"unknown --recipe {cfg.recipe!r}; available: {', '.join(sorted(RECIPES))}")
     split_surrogate(cfg.surrogate)
-    from ..models.memory import parse_memory  # here, not at the top: --help must not import torch
+    if cfg.memory != "standard":  # the default needs no parsing, and `--help` (which resolves it) no torch
+        from ..models.memory import parse_memory  # the owner of the memory modes (imports torch)
 
-    try:
-        cfg.memory = str(parse_memory(cfg.memory))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        try:
+            cfg.memory = str(parse_memory(cfg.memory))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
     return cfg
 
 
