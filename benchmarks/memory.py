@@ -65,8 +65,8 @@ class Config:
 
 CONFIGS = {
     "cifar-t4": Config("cifar-t4", "resnet18_cifar", 4, 32, 4, 64, None),
-    "cifar-t6": Config("cifar-t6", "resnet18_cifar", 6, 32, 4, 64, None),
     "r18-224": Config("r18-224", "resnet18", 4, 224, 1, 16, "spiking_resnet18"),
+    "cifar-t6": Config("cifar-t6", "resnet18_cifar", 6, 32, 4, 64, None),
     "r34-224": Config("r34-224", "resnet34", 4, 224, 1, 16, "spiking_resnet34"),
 }
 
@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "time_target": TIME_TARGET, "sj_saved_target": SJ_SAVED_TARGET, "fit_gib": FIT_GIB,
     }  # fmt: skip
     print(f"memory benchmark on {payload['machine']['device_name']}: {keys}")
+    path = common.result_path(args.tag, device, args.out_dir, args.threads)
     for key in keys:
         rows = run_config(CONFIGS[key], args, device)
         for r in rows:
@@ -389,9 +390,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"({r['saved_ratio_vs_standard']:.2f}x) peak {common.fmt_bytes(r['peak_bytes']):>10s} step "
                       f"{common.fmt_time(r['train_step_s']):>9s} ({r['time_ratio_vs_standard']:.2f}x)")  # fmt: skip
         payload["rows"].extend(rows)
-    payload["targets"] = targets(payload["rows"])
-    payload["wall_s"] = time.perf_counter() - t0
-    path = common.write_json(common.result_path(args.tag, device, args.out_dir, args.threads), payload)
+        payload["targets"] = targets(payload["rows"])
+        payload["wall_s"] = time.perf_counter() - t0
+        common.write_json(path, payload)  # after every configuration: a long run keeps what it measured
     path.with_suffix(".md").write_text(markdown(payload))
     written = [path, path.with_suffix(".md")]
     if not args.no_plots:

@@ -113,8 +113,12 @@ def plot_resnet(payload: dict, stem: Path) -> list[Path]:
         ax.set_title(f"{model}, {prec}", fontsize=10)
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=8)
-    m = payload["machine"]
-    fig.suptitle(f"Spiking ResNet training step on {m['device_name']}", fontsize=11)
+    return _save(fig, stem, f"Spiking ResNet training step on {payload['machine']['device_name']}")
+
+
+def _save(fig, stem: Path, title: str) -> list[Path]:
+    """Title, tight layout, ``<stem>.png`` at 90 dpi; returns ``[path]``."""
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path = Path(f"{stem}.png")
     fig.savefig(path, dpi=90)
@@ -157,11 +161,5 @@ def plot_memory(payload: dict, stem: Path) -> list[Path]:
         ax.set_xlabel("training step, s (median)")
         ax.set_ylabel("peak memory of a step, MiB")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="upper right")
-    m = payload["machine"]
-    fig.suptitle(f"Memory modes: peak memory vs step time on {m['device_name']}", fontsize=11)
-    fig.tight_layout()
-    path = Path(f"{stem}.png")
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return [path]
+        ax.legend(fontsize=6, loc="best")
+    return _save(fig, stem, f"Memory modes: peak memory vs step time on {payload['machine']['device_name']}")
