@@ -33,7 +33,8 @@ from .memory import (
     compact_neuron_kwargs,
     parse_memory,
 )
-from .registry import WeightsEntry, load_weights, register_model, resolve_weights
+from .registry import WeightsEntry, register_model
+from .weights import load_weights, resolve_weights
 
 __all__ = [
     "SpikingResNet",
