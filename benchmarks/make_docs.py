@@ -16,7 +16,7 @@ from pathlib import Path
 from . import common
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = ("neuron_cpu", "neurons", "resnet")
+KINDS = ("neuron_cpu", "neurons", "resnet", "memory")
 
 
 def load_results(results_dir: Path) -> dict[str, list[tuple[Path, dict]]]:
@@ -340,7 +340,65 @@ def summary_section(results: dict) -> list[str]:
                 f"{t['saved_ratio']:.2f}× (target ≤ 0.75 {'met' if t['saved_met'] else 'missed'}), "
                 f"step {t['step_speedup']:.2f}× faster."
             )
+    for _, p in results["memory"]:
+        m = p["machine"]
+        for t in p["targets"]:
+            sj = t.get("compact_vs_sj_saved_ratio")
+            lines.append(
+                f"- Memory modes, `{t['config']}` on {m['device_name']} ({_load(m)}): `compact` saves "
+                f"{t['compact_saved_ratio']:.2f}× `standard`'s bytes (target ≤ 0.5 "
+                f"{'met' if t['compact_saved_met'] else 'missed'}) at {t['compact_time_ratio']:.2f}× its step time "
+                f"(target ≤ 1.1 {'met' if t['compact_time_met'] else 'missed'})"
+                + ("" if sj is None else f", {sj:.2f}× SpikingJelly spiking_resnet18 + LIFNode(Rect)'s (target ≤ 0.35 "
+                   f"{'met' if t['compact_vs_sj_saved_met'] else 'missed'})")
+                + f"; `checkpoint` gradients bit-identical: {t['checkpoint_grads_bit_identical']}."
+            )
     return lines + [""]
+
+
+def memory_section(results: dict, out: Path) -> list[str]:
+    from .memory import markdown as memory_md
+
+    lines = [
+        "## Memory modes",
+        "",
+        "`python -m benchmarks.memory [--device cuda]` — ours `standard` / `compact` / `checkpoint` "
+        "([docs/models.md](models.md#memory-modes)) against SpikingJelly's `LIFNode(Rect)` (the same neuron) in "
+        "`spiking_resnet18/34` (ImageNet stem) or in our architecture (CIFAR stem, which SpikingJelly's zoo lacks), "
+        "each also with SpikingJelly's `optimize_memory(level=1)`; one batch, timed interleaved. **Saved** = bytes "
+        "allocated by the forward and still alive when it returns (what backward will read, plus the logits); "
+        "**peak** = the highest allocation level of a whole training step above its start (gradients included). "
+        "Both come from the CPU profiler's allocation events replayed in time order (CUDA: allocator statistics). "
+        "CPU targets: `compact` ≤ 0.5× `standard`'s saved bytes at ≤ 1.1× its step time, ≤ 0.35× SpikingJelly "
+        "`spiking_resnet18` + `LIFNode(Rect)`'s saved bytes; `checkpoint` gradients bit-identical.",
+        "",
+    ]
+    if not results["memory"]:
+        return lines + ["_No result yet: run `python -m benchmarks.memory`._", ""]
+    for path, p in results["memory"]:
+        m = p["machine"]
+        lines += [f"### {m['device_name']}, {_load(m)}", ""]
+        if p["targets"]:
+            lines += [
+                "| config | compact saved × standard | ≤ 0.5 | compact step × standard | ≤ 1.1 "
+                "| compact saved × SJ spiking_resnet18 | ≤ 0.35 | checkpoint grads bit-identical |",
+                "|---|---:|---|---:|---|---:|---|---|",
+            ]
+            for t in p["targets"]:
+                sj = t.get("compact_vs_sj_saved_ratio")
+                lines.append(
+                    f"| {t['config']} | {t['compact_saved_ratio']:.3f}× | {_met(t['compact_saved_met'])} | "
+                    f"{t['compact_time_ratio']:.3f}× | {_met(t['compact_time_met'])} | "
+                    f"{'–' if sj is None else f'{sj:.3f}×'} | "
+                    f"{'–' if sj is None else _met(t['compact_vs_sj_saved_met'])} | "
+                    f"{t['checkpoint_grads_bit_identical']} |"
+                )
+            lines.append("")
+        lines += [memory_md(p), f"Raw data: [`{path.name}`]({_rel(path, out)}).", ""]
+        png = path.with_suffix(".png")
+        if png.exists():
+            lines += [f"![Peak memory vs step time on {m['device_name']}]({_rel(png, out)})", ""]
+    return lines
 
 
 def render(results: dict, out: Path) -> str:
@@ -370,7 +428,8 @@ def render(results: dict, out: Path) -> str:
         "full-size temporaries an implementation allocates shows up directly in its time.",
         "",
         "Reproduce: `python -m benchmarks.neuron_cpu`, `python -m benchmarks.neurons [--device cuda]`, "
-        "`python -m benchmarks.resnet [--device cuda]`, then `python -m benchmarks.make_docs`.",
+        "`python -m benchmarks.resnet [--device cuda]`, `python -m benchmarks.memory [--device cuda]`, then "
+        "`python -m benchmarks.make_docs`.",
         "",
     ]
     lines += summary_section(results)
@@ -378,6 +437,7 @@ def render(results: dict, out: Path) -> str:
     lines += neuron_cpu_section(results, out)
     lines += neurons_section(results, out)
     lines += resnet_section(results, out)
+    lines += memory_section(results, out)
     return "\n".join(lines).rstrip() + "\n"
 
 

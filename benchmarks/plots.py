@@ -113,10 +113,53 @@ def plot_resnet(payload: dict, stem: Path) -> list[Path]:
         ax.set_title(f"{model}, {prec}", fontsize=10)
         ax.invert_yaxis()
         ax.tick_params(axis="y", labelsize=8)
-    m = payload["machine"]
-    fig.suptitle(f"Spiking ResNet training step on {m['device_name']}", fontsize=11)
+    return _save(fig, stem, f"Spiking ResNet training step on {payload['machine']['device_name']}")
+
+
+def _save(fig, stem: Path, title: str) -> list[Path]:
+    """Title, tight layout, ``<stem>.png`` at 90 dpi; returns ``[path]``."""
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path = Path(f"{stem}.png")
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return [path]
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both axes (lower is better on both), sorted by the first."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points):
+        if not front or y < front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def plot_memory(payload: dict, stem: Path) -> list[Path]:
+    """Peak memory vs training-step time per variant, one panel per configuration, with the Pareto frontier."""
+    rows = [r for r in payload["rows"] if "peak_bytes" in r]
+    if not rows:
+        return []
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    fig, axes = plt.subplots(1, len(configs), figsize=(4.8 * len(configs), 4.4), squeeze=False)
+    style = {
+        "ours_standard": dict(color="tab:blue", marker="o"),
+        "ours_compact": dict(color="tab:green", marker="D"),
+        "ours_checkpoint": dict(color="tab:purple", marker="^"),
+        "sj_rect": dict(color="tab:red", marker="s"),
+        "sj_rect_memopt": dict(color="tab:orange", marker="v"),
+    }
+    for ax, key in zip(axes[0], configs, strict=True):
+        sel = [r for r in rows if r["config"] == key]
+        for r in sel:
+            ax.scatter(r["train_step_s"], r["peak_bytes"] / 2**20, s=60, label=r["label"],
+                       **style.get(r["variant"], dict(color="gray", marker="x")))  # fmt: skip
+        front = pareto_front([(r["train_step_s"], r["peak_bytes"] / 2**20) for r in sel])
+        ax.plot(*zip(*front, strict=True), color="black", linestyle="--", linewidth=1, label="Pareto frontier")
+        r0 = sel[0]
+        ax.set_title(f"{key}: T={r0['T']}, {r0['size']}px, batch {r0['batch']}", fontsize=10)
+        ax.set_xlabel("training step, s (median)")
+        ax.set_ylabel("peak memory of a step, MiB")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    return _save(fig, stem, f"Memory modes: peak memory vs step time on {payload['machine']['device_name']}")

@@ -116,6 +116,9 @@ def _add_train_options(p: argparse.ArgumentParser, only: Collection[str] | None 
     g.add_argument("--v-threshold", type=float, help="firing threshold (> 0)")
     g.add_argument("--detach-reset", action=B, default=None, help="no gradient through the reset")
     g.add_argument("--backend", choices=BACKENDS, help="neuron kernel backend")
+    g.add_argument("--memory", help="what training keeps for backward: standard, compact (spikes "
+                                    "bit-packed, fp16 state; no recompute) or checkpoint[:LEVEL] (recompute blocks, "
+                                    "LEVEL 1-4); see docs/models.md")
 
     g = _Group(p, "optimisation", only)
     g.add_argument("--epochs", type=int)

@@ -1,8 +1,8 @@
 """Spiking ResNets whose every shortcut has a BatchNorm (BN alone on identity shortcuts), SpikingJelly drop-ins.
 
 ``blocks.py`` holds the residual blocks, ``resnet.py`` the model and its builders, ``registry.py`` the model and
-weights registries (names and metadata), ``weights.py`` weights loading (fetch, hash, unpickle, compare). See
-``docs/models.md``.
+weights registries (names and metadata), ``weights.py`` weights loading (fetch, hash, unpickle, compare),
+``memory.py`` the memory modes (``memory='standard'|'compact'|'checkpoint[:LEVEL]'``). See ``docs/models.md``.
 """
 
 from .blocks import BasicBlock, Bottleneck

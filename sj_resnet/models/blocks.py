@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .memory import SpikeInput, compact_batch_norm
+
 __all__ = [
     "BasicBlock",
     "Bottleneck",
@@ -144,6 +146,21 @@ class _SpikingBlock(nn.Module):
         """True when the shortcut is a BN alone on the identity."""
         return isinstance(self.shortcut, nn.BatchNorm2d)
 
+    def _spikes(self, x: Tensor) -> SpikeInput:
+        return SpikeInput(x, self.compact)
+
+    def _bn(self, bn: nn.Module, x: Tensor) -> Tensor:
+        """A BN on a conv output; ``compact`` saves its input in fp16 (see ``memory.compact_batch_norm``)."""
+        return compact_batch_norm(bn, x) if self.compact else bn(x)
+
+    def _apply_shortcut(self, s: SpikeInput) -> Tensor:
+        """The shortcut on the block's input spikes ``s`` (saved bit-packed when ``compact``)."""
+        if isinstance(self.shortcut, nn.Sequential):  # conv1x1 -> BN: the conv sees the spikes
+            return self._bn(self.shortcut[1], s.conv(self.shortcut[0]))
+        if isinstance(self.shortcut, nn.BatchNorm2d):
+            return s.apply(self.shortcut)
+        return self.shortcut(s.x)
+
 
 class BasicBlock(_SpikingBlock):
     """``conv3x3 -> BN -> neuron -> conv3x3 -> BN`` plus shortcut (conv1x1+BN, BN, or identity), then a neuron.
@@ -157,6 +174,8 @@ class BasicBlock(_SpikingBlock):
         spiking_neuron: node class (or factory), called as ``spiking_neuron(**neuron_kwargs, step_mode='m')``.
         norm: ``'bn'`` or ``'tdbn'`` (initialisation of the BN scales, see module docstring).
         identity_bn: BN alone on an identity shortcut (``False``: bare identity).
+        compact: save the spike inputs of the convs and of the identity-shortcut BN bit-packed (the ``compact``
+            memory mode, see ``sj_resnet.models.memory``); the input must then be spikes (0/1), as in a model.
 
     Shapes: ``[T, N, in_planes, H, W] -> [T, N, planes, H/stride, W/stride]``.
     """
@@ -172,8 +191,10 @@ class BasicBlock(_SpikingBlock):
         norm: str = "bn",
         identity_bn: bool = True,
         neuron_kwargs: dict[str, Any] | None = None,
+        compact: bool = False,
     ) -> None:
         super().__init__()
+        self.compact = bool(compact)
         nk = dict(neuron_kwargs or {})
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -191,10 +212,10 @@ class BasicBlock(_SpikingBlock):
 
     def forward(self, x_seq: Tensor) -> Tensor:
         T, N = x_seq.shape[:2]
-        x = x_seq.flatten(0, 1)
-        out = self.sn1(self.bn1(self.conv1(x)).unflatten(0, (T, N)))
-        out = self.bn2(self.conv2(out.flatten(0, 1)))
-        return self.sn2((out + self.shortcut(x)).unflatten(0, (T, N)))
+        s = self._spikes(x_seq.flatten(0, 1))
+        out = self.sn1(self._bn(self.bn1, s.conv(self.conv1)).unflatten(0, (T, N)))
+        out = self._bn(self.bn2, self._spikes(out.flatten(0, 1)).conv(self.conv2))
+        return self.sn2((out + self._apply_shortcut(s)).unflatten(0, (T, N)))
 
 
 class Bottleneck(_SpikingBlock):
@@ -215,8 +236,10 @@ class Bottleneck(_SpikingBlock):
         norm: str = "bn",
         identity_bn: bool = True,
         neuron_kwargs: dict[str, Any] | None = None,
+        compact: bool = False,
     ) -> None:
         super().__init__()
+        self.compact = bool(compact)
         nk = dict(neuron_kwargs or {})
         out_planes = planes * self.expansion
         self.conv1 = conv1x1(in_planes, planes)
@@ -238,11 +261,11 @@ class Bottleneck(_SpikingBlock):
 
     def forward(self, x_seq: Tensor) -> Tensor:
         T, N = x_seq.shape[:2]
-        x = x_seq.flatten(0, 1)
-        out = self.sn1(self.bn1(self.conv1(x)).unflatten(0, (T, N)))
-        out = self.sn2(self.bn2(self.conv2(out.flatten(0, 1))).unflatten(0, (T, N)))
-        out = self.bn3(self.conv3(out.flatten(0, 1)))
-        return self.sn3((out + self.shortcut(x)).unflatten(0, (T, N)))
+        s = self._spikes(x_seq.flatten(0, 1))
+        out = self.sn1(self._bn(self.bn1, s.conv(self.conv1)).unflatten(0, (T, N)))
+        out = self.sn2(self._bn(self.bn2, self._spikes(out.flatten(0, 1)).conv(self.conv2)).unflatten(0, (T, N)))
+        out = self._bn(self.bn3, self._spikes(out.flatten(0, 1)).conv(self.conv3))
+        return self.sn3((out + self._apply_shortcut(s)).unflatten(0, (T, N)))
 
 
 def batch_norm_repeated(bn: nn.Module, y: Tensor, repeats: int) -> Tensor:

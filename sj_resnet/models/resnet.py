@@ -25,6 +25,14 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import NORMS, BasicBlock, Bottleneck, batch_norm_repeated, init_bn, make_neuron, neuron_threshold
+from .memory import (
+    MemoryMode,
+    SpikeInput,
+    apply_checkpoint,
+    check_spiking,
+    compact_neuron_kwargs,
+    parse_memory,
+)
 from .registry import WeightsEntry, register_model
 from .weights import load_weights, resolve_weights
 
@@ -82,6 +90,9 @@ class SpikingResNet(nn.Module):
         zero_init_residual: zero the scale of each block's last BN (torchvision's option).
         readout: ``'sum'`` (default: sum of the pooled features over time) or ``'mean'``.
         return_sequence: return per-step logits ``[T, N, classes]`` (for TET-style losses); see :meth:`forward`.
+        memory: what training keeps for backward (``sj_resnet.models.memory``, ``docs/models.md``):
+            ``'standard'``; ``'compact'`` (spike inputs of convs and shortcut BNs bit-packed, fp16 neuron state,
+            no recomputation); ``'checkpoint[:LEVEL]'`` (SpikingJelly's ``optimize_memory`` on every block).
         strict_state: raise in :meth:`forward` when a call starts on the membrane state that an earlier call left
             behind (a forgotten ``functional.reset_net(model)``: the state would silently carry across batches).
             Continuing a sequence on purpose (streaming a long event sequence in chunks) is
@@ -108,6 +119,7 @@ class SpikingResNet(nn.Module):
         zero_init_residual: bool = False,
         readout: str = "sum",
         return_sequence: bool = False,
+        memory: str = "standard",
         strict_state: bool = False,
         **neuron_kwargs: Any,
     ) -> None:
@@ -124,11 +136,13 @@ class SpikingResNet(nn.Module):
         self.norm = _check_choice(norm, "norm", NORMS)
         self.readout = _check_choice(readout, "readout", READOUTS)
         self.return_sequence = bool(return_sequence)
+        self.memory: MemoryMode = parse_memory(memory)
         self.strict_state = bool(strict_state)
         self._continuing = 0  # depth of continue_sequence() contexts
         stem_channels = width if stem_channels is None else _check_int(stem_channels, "stem_channels")
         spiking_neuron = _default_neuron() if spiking_neuron is None else spiking_neuron
-        nk = dict(neuron_kwargs)
+        nk = compact_neuron_kwargs(spiking_neuron, neuron_kwargs) if self.memory.compact else dict(neuron_kwargs)
+        block_kwargs = {"compact": True} if self.memory.compact else {}
 
         # Stem. The conv+BN run on [N, C, H, W] (static input, once) or [T*N, C, H, W] (sequence).
         if self.stem_kind == "imagenet":
@@ -150,7 +164,9 @@ class SpikingResNet(nn.Module):
             blocks = []
             for j in range(n_blocks):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(in_planes, planes, stride, spiking_neuron, self.norm, identity_bn, nk))
+                blocks.append(
+                    block(in_planes, planes, stride, spiking_neuron, self.norm, identity_bn, nk, **block_kwargs)
+                )
                 in_planes = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.num_stages = len(stages)
@@ -176,6 +192,13 @@ class SpikingResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, BasicBlock | Bottleneck):
                     nn.init.zeros_(m.last_bn().weight)
+        if self.memory.compact:
+            self._check_spiking()
+        if self.memory.name == "checkpoint":
+            if self.memory.level == 1:
+                apply_checkpoint(self, 1, self._example_forward)
+            else:  # levels 2-4 measure CUDA memory on a real batch: applied at the first training step
+                self._checkpoint_hook = self.register_forward_pre_hook(self._checkpoint_first_batch)
 
     # ----------------------------------------------------------------------------------------------
 
@@ -220,7 +243,35 @@ class SpikingResNet(nn.Module):
             T, N = x.shape[:2]
             y = self.bn1(self.conv1(x.flatten(0, 1))).unflatten(0, (T, N))
         s = self.sn1(y)
-        return self.maxpool(s.flatten(0, 1)).unflatten(0, s.shape[:2])
+        return SpikeInput(s.flatten(0, 1), self.memory.compact).max_pool(self.maxpool).unflatten(0, s.shape[:2])
+
+    def _check_spiking(self) -> None:
+        check_spiking(self.sn1, "the stem neuron")
+        for name, m in self.named_modules():
+            if isinstance(m, BasicBlock | Bottleneck):
+                for child_name, child in m.named_children():
+                    if child_name.startswith("sn"):
+                        check_spiking(child, f"{name}.{child_name}")
+
+    def _checkpoint_first_batch(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        """Forward pre-hook for ``checkpoint:2-4``: optimise on the first training batch, then remove itself."""
+        if not (self.training and torch.is_grad_enabled()):
+            return
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                f"memory='{self.memory}' rewrites the model on its first training batch, which torch.compile cannot "
+                "trace; run one training step before compiling, or use checkpoint:1"
+            )
+        self._checkpoint_hook.remove()
+        x = args[0]
+        apply_checkpoint(self, self.memory.level, lambda m: m(x))
+
+    def _example_forward(self, model: nn.Module) -> Tensor:
+        """A small forward pass for SpikingJelly's memopt probe (which records each block's input)."""
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(model)
+        return model(torch.zeros(1, self.in_channels, 32, 32))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Stem and stages, then global average pooling: returns ``[T, N, num_features]`` (per-step rates)."""
@@ -303,7 +354,8 @@ class SpikingResNet(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"T={self.T}, stem={self.stem_kind!r}, norm={self.norm!r}, readout={self.readout!r}, "
-            f"return_sequence={self.return_sequence}" + (", strict_state=True" if self.strict_state else "")
+            f"return_sequence={self.return_sequence}, memory='{self.memory}'"
+            + (", strict_state=True" if self.strict_state else "")
         )
 
 
@@ -346,8 +398,9 @@ _BUILDER_DOC = """{title}
         progress: show a download progress bar.
         **kwargs: :class:`SpikingResNet` arguments — ``T=4, num_classes=1000, in_channels=3, width={width},
             stem='{stem}', spiking_neuron=DecayFireNode, norm='bn', identity_bn=True, zero_init_residual=False,
-            readout='sum', return_sequence=False, strict_state=False`` — and neuron arguments (``decay``,
-            ``v_threshold``, ``surrogate_function``, ``backend``, ...).
+            readout='sum', return_sequence=False, strict_state=False, memory='standard'`` (or ``'compact'``,
+            ``'checkpoint[:LEVEL]'``) — and neuron arguments (``decay``, ``v_threshold``, ``surrogate_function``,
+            ``backend``, ...).
     """
 
 

@@ -83,6 +83,7 @@ class TrainConfig:
     v_threshold: float = 0.5
     detach_reset: bool = False
     backend: str = "auto"
+    memory: str = "standard"  # sj_resnet.models.memory.MEMORY_MODES: standard, compact, checkpoint[:LEVEL]
     # optimisation
     epochs: int = 10
     batch_size: int = 64  # per process
@@ -225,6 +226,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
         raise ConfigError(f"unknown --recipe {cfg.recipe!r}; available: {', '.join(sorted(RECIPES))}")
     split_surrogate(cfg.surrogate)
+    if cfg.memory != "standard":  # the default needs no parsing, and `--help` (which resolves it) no torch
+        from ..models.memory import parse_memory  # the owner of the memory modes (imports torch)
+
+        try:
+            cfg.memory = str(parse_memory(cfg.memory))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
     return cfg
 
 

@@ -59,6 +59,7 @@ def model_spec(cfg, num_classes: int, in_channels: int) -> dict[str, Any]:
         "detach_reset": cfg.detach_reset,
         "backend": cfg.backend,
         "surrogate": cfg.surrogate,
+        "memory": cfg.memory,
     }
     if cfg.width is not None:
         kwargs["width"] = cfg.width

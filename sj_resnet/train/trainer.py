@@ -564,6 +564,7 @@ class Trainer:
             "best_epoch": self.best[1],
             "wall_time_s": total,
             "mean_train_img_s": sum(speeds) / len(speeds) if speeds else None,
+            "memory": self.cfg.memory,
             "peak_memory_mib": mem,
             "peak_memory_kind": kind,
             "firing_rates_test": ev.firing if ev is not None else {},
