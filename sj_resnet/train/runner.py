@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -34,6 +33,8 @@ from .firing import FiringRateMonitor
 from .modeling import build_model, count_parameters, model_spec
 from .report import Reporter, peak_memory_mib
 from .schedule import build_optimizer, build_scheduler
+from .threads import ThreadChoice, choose_threads
+from .threads import apply as apply_threads
 
 INTERRUPTED_EXIT = 130
 
@@ -104,13 +105,11 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def configure_threads(cfg: TrainConfig, device: torch.device, info: distributed.DistInfo) -> None:
-    """``--threads``, or split the CPU cores evenly between the processes of a CPU torchrun job."""
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    elif device.type == "cpu" and info.local_world_size > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // info.local_world_size))
+def configure_threads(cfg: TrainConfig, device: torch.device, info: distributed.DistInfo) -> ThreadChoice:
+    """Apply the thread policy of :mod:`.threads` (``--threads``, idle cores, or cores split between processes)."""
+    choice = choose_threads(cfg.threads, device, info.local_world_size)
+    apply_threads(choice)
+    return choice
 
 
 def default_output_dir(cfg: TrainConfig) -> Path:
@@ -135,7 +134,7 @@ class Trainer:
         self.info = distributed.env_info()
         self.device = distributed.resolve_device(cfg.device, self.info)
         distributed.init(self.info, self.device)
-        configure_threads(cfg, self.device, self.info)
+        self.threads = configure_threads(cfg, self.device, self.info)
         if cfg.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("--amp fp16 needs a CUDA device (GradScaler); on a CPU use --amp bf16 or none")
         if cfg.sync_bn and self.device.type != "cuda":
@@ -290,7 +289,7 @@ class Trainer:
             f"loss {cfg.loss}, amp {cfg.amp}" + (f", clip-grad {cfg.clip_grad:g}" if cfg.clip_grad else "")
         )
         self.reporter.log(
-            f"  device: {self.device} ({torch.get_num_threads()} CPU threads)"
+            f"  device: {self.device} ({torch.get_num_threads()} CPU threads: {self.threads.reason})"
             + (f", recipe {cfg.recipe}" if cfg.recipe else "")
             + (f"; resuming at epoch {self.start_epoch + 1} step {self.start_step}" if self.history or self.start_step
                else "")
