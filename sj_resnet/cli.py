@@ -13,81 +13,118 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .train.config import DATASETS as _DATASETS
+from .train.config import FIELDS, resolve
 from .train.recipes import DATASET_DEFAULTS, RECIPES
 
-_DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
+# Options whose default is not a value of the resolved config (or is spelled out in the help text itself).
+_NO_DEFAULT_NOTE = frozenset({"dataset", "recipe", "resume", "output_dir", "data_dir", "download"})
 
 
 def _fmt_defaults(d: dict[str, Any]) -> str:
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in d.items())
 
 
+def _fmt_value(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def default_notes() -> dict[str, str]:
+    """``{field: '(default: ...)'}``: the value ``sj-resnet train`` really uses when the option is not given,
+    per dataset, read from :func:`sj_resnet.train.config.resolve` (so the help cannot drift from the code)."""
+    per_dataset = {ds: resolve({"dataset": ds}).to_dict() for ds in _DATASETS}
+    notes = {}
+    for name in FIELDS - _NO_DEFAULT_NOTE:
+        groups: dict[str, list[str]] = {}
+        for ds in _DATASETS:
+            groups.setdefault(_fmt_value(per_dataset[ds][name]), []).append(ds)
+        if len(groups) == 1:
+            if "unset" not in groups:  # an option unset everywhere explains 'unset' in its own help
+                notes[name] = f"(default: {next(iter(groups))})"
+        else:
+            notes[name] = "(default: " + "; ".join(f"{v} for {', '.join(dss)}" for v, dss in groups.items()) + ")"
+    return notes
+
+
+def _add_default_notes(p: argparse.ArgumentParser) -> None:
+    notes = default_notes()
+    for action in p._actions:
+        note = notes.get(action.dest)
+        if note is not None:
+            action.help = f"{action.help} {note}" if action.help else note
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     B = argparse.BooleanOptionalAction
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=_DATASETS, help="training data (default: digits, bundled with scikit-learn)")
+    g.add_argument("--dataset", choices=_DATASETS, help="training data (digits: bundled with scikit-learn)")
     g.add_argument("--data-dir", help="dataset root (cifar: default ./data; imagenet: ROOT with train/ and val/; "
                                       "event data: SpikingJelly's dataset root)")
     g.add_argument("--download", action="store_true", default=None, help="download CIFAR-10/100 into --data-dir")
     g.add_argument("--image-size", type=int,
-                   help="digits: upsampled side (12); imagenet: crop (224); event: frame side")
-    g.add_argument("--augment", action=B, default=None, help="training augmentation (default on for images)")
+                   help="digits: upsampled side; imagenet: crop; event data: frame side")
+    g.add_argument("--augment", action=B, default=None, help="training augmentation")
     g.add_argument("--max-shift", type=int,
-                   help="digits: largest random translation in pixels (max(1, image-size // 8))")
+                   help="digits: largest random translation in pixels (unset: max(1, image-size // 8))")
     g.add_argument("--max-rotate", type=float, help="digits: largest random rotation in degrees")
     g.add_argument("--max-scale", type=float, help="digits: largest random zoom, as a fraction (0.1 = +-10%%)")
-    g.add_argument("--fake-size", type=int, help="FakeData training samples (default 256)")
-    g.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
+    g.add_argument("--fake-size", type=int, help="FakeData training samples")
+    g.add_argument("--workers", type=int, help="DataLoader worker processes")
 
     g = p.add_argument_group("model and neuron")
     g.add_argument("--model", help="builder in sj_resnet.models (resnet18_cifar, resnet19, resnet18, ...)")
-    g.add_argument("--width", type=int, help="channels of the first stage (default: the builder's)")
+    g.add_argument("--width", type=int, help="channels of the first stage (unset: the builder's)")
     g.add_argument("--T", "-T", type=int, dest="T", help="time steps (event data: frames per sample)")
     g.add_argument("--norm", choices=("bn", "tdbn"), help="BN scale init 1, or alpha*V_th (tdBN)")
-    g.add_argument("--identity-bn", action=B, default=None, help="BN on identity shortcuts (default on)")
+    g.add_argument("--identity-bn", action=B, default=None, help="BN on identity shortcuts")
     g.add_argument("--zero-init-residual", action=B, default=None, help="zero each block's last BN scale")
     g.add_argument("--readout", choices=("sum", "mean"), help="reduce the per-step outputs over time")
     g.add_argument("--surrogate", help="surrogate gradient: rect, atan, sigmoid, erf, ... with optional :alpha")
-    g.add_argument("--decay", type=float, help="membrane decay in (0, 1]; 1 = IF neuron (default 0.25)")
-    g.add_argument("--v-threshold", type=float, help="firing threshold (default 0.5)")
+    g.add_argument("--decay", type=float, help="membrane decay in (0, 1]; 1 = IF neuron")
+    g.add_argument("--v-threshold", type=float, help="firing threshold (> 0)")
     g.add_argument("--detach-reset", action=B, default=None, help="no gradient through the reset")
     g.add_argument("--backend", choices=("auto", "torch", "cupy", "reference"), help="neuron kernel backend")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", "-b", type=int, help="per process")
-    g.add_argument("--eval-batch-size", type=int, help="default 2 x --batch-size")
+    g.add_argument("--eval-batch-size", type=int, help="unset: 2 x --batch-size")
     g.add_argument("--opt", choices=("sgd", "adam", "adamw"))
     g.add_argument("--lr", type=float, help="peak learning rate (after warmup)")
-    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument("--momentum", type=float, help="SGD momentum in [0, 1)")
     g.add_argument("--wd", type=float, help="weight decay")
     g.add_argument("--warmup-epochs", type=float, help="linear warmup, then cosine decay to --min-lr")
-    g.add_argument("--min-lr", type=float, help="final learning rate of the cosine schedule (default 0)")
-    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--min-lr", type=float, help="final learning rate of the cosine schedule (<= --lr)")
+    g.add_argument("--label-smoothing", type=float, help="in [0, 1)")
     g.add_argument("--loss", choices=("ce", "tet"), help="cross entropy, or TET (Deng et al. 2022)")
-    g.add_argument("--tet-lambda", type=float, help="TET's MSE weight lambda (default 1e-3)")
-    g.add_argument("--tet-means", type=float, help="TET's MSE target phi (default 1.0)")
-    g.add_argument("--clip-grad", type=float, help="clip the global gradient norm to this value")
+    g.add_argument("--tet-lambda", type=float, help="TET's MSE weight lambda")
+    g.add_argument("--tet-means", type=float, help="TET's MSE target phi")
+    g.add_argument("--clip-grad", type=float, help="clip the global gradient norm to this value (unset: no clipping)")
     g.add_argument("--ema-decay", type=float,
-                   help="evaluate and save an exponential moving average of the weights (decay per step, e.g. 0.99)")
+                   help="evaluate and save an exponential moving average of the weights (decay per step, e.g. 0.99; "
+                        "unset: off)")
     g.add_argument("--amp", choices=("none", "bf16", "fp16"), help="mixed precision (fp16 needs CUDA)")
     g.add_argument("--compile", action=B, default=None, help="torch.compile the model")
     g.add_argument("--sync-bn", action=B, default=None, help="SyncBatchNorm across processes (torchrun)")
 
     g = p.add_argument_group("run")
     g.add_argument("--recipe", choices=sorted(RECIPES), help="literature preset (options given explicitly win)")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; split between CPU ranks)")
-    g.add_argument("--output-dir", "-o", help="run directory (default runs/<dataset>-<model>-<time>)")
+    g.add_argument("--seed", type=int, help="in [0, 2**32)")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--threads", type=int, help="torch CPU threads (unset: torch's; split between CPU ranks)")
+    g.add_argument("--output-dir", "-o", help="run directory (unset: runs/<dataset>-<model>-<time>)")
     g.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                    help="continue from a checkpoint file or run directory (no PATH: --output-dir)")
     g.add_argument("--limit-train-batches", type=int, help="stop each epoch after N batches (smoke tests)")
     g.add_argument("--limit-eval-batches", type=int, help="evaluate on N batches only (smoke tests)")
     g.add_argument("--stop-after-epochs", type=int,
                    help="end this invocation after N epochs (checkpointed); continue later with --resume")
-    g.add_argument("--tensorboard", action=B, default=None, help="write TensorBoard events (default on)")
-    g.add_argument("--plot", action=B, default=None, help="write curves.png at the end (default on)")
+    g.add_argument("--tensorboard", action=B, default=None, help="write TensorBoard events")
+    g.add_argument("--plot", action=B, default=None, help="write curves.png at the end")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("train", help="train a model", epilog=epilog,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_train_options(tp)
+    _add_default_notes(tp)
     ep = sub.add_parser("eval", help="evaluate a checkpoint: acc@1, acc@5, per-layer firing rates")
     ep.add_argument("--checkpoint", "-c", required=True, help="checkpoint file (last.pt/best.pt) or run directory")
     ep.add_argument("--dataset", choices=_DATASETS, help="default: the checkpoint's")
@@ -151,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (ConfigError, DataError, CheckpointError, FileExistsError) as exc:
         return _error(str(exc))
+    except OSError as exc:  # a write that failed (disk full, permissions) after the checks passed
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(f"{where}{exc.strerror or exc}; free space or fix the permissions, then --resume the run")
     except KeyboardInterrupt:
         print("sj-resnet: aborted", file=sys.stderr)
         return 130

@@ -10,15 +10,18 @@ Data flow (the DESIGN's picture)::
            (return_sequence=True: FC per step -> [T, N, classes]; readout-reduced over T it equals the logits)
 
 Models are multi-step internally; call ``spikingjelly.activation_based.functional.reset_net(model)`` before
-every batch. Builders follow torchvision: ``resnet18(*, weights=None, progress=True, **kwargs)``, keyword
-arguments as :class:`SpikingResNet` (those it does not know go to the neuron class).
+every batch (``strict_state=True`` turns a forgotten reset into an error; ``with model.continue_sequence():``
+continues a sequence on purpose). Builders follow torchvision: ``resnet18(*, weights=None, progress=True,
+**kwargs)``, keyword arguments as :class:`SpikingResNet` (those it does not know go to the neuron class).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .blocks import NORMS, BasicBlock, Bottleneck, batch_norm_repeated, init_bn, make_neuron, neuron_threshold
@@ -78,6 +81,11 @@ class SpikingResNet(nn.Module):
         zero_init_residual: zero the scale of each block's last BN (torchvision's option).
         readout: ``'sum'`` (default: sum of the pooled features over time) or ``'mean'``.
         return_sequence: return per-step logits ``[T, N, classes]`` (for TET-style losses); see :meth:`forward`.
+        strict_state: raise in :meth:`forward` when a call starts on the membrane state that an earlier call left
+            behind (a forgotten ``functional.reset_net(model)``: the state would silently carry across batches).
+            Continuing a sequence on purpose (streaming a long event sequence in chunks) is
+            ``with model.continue_sequence(): model(chunk)``. Off by default, as in SpikingJelly; the
+            ``sj-resnet`` training and evaluation loops turn it on.
         **neuron_kwargs: passed to ``spiking_neuron``, e.g. ``decay=0.25, v_threshold=0.5, backend='torch'``.
     """
 
@@ -99,6 +107,7 @@ class SpikingResNet(nn.Module):
         zero_init_residual: bool = False,
         readout: str = "sum",
         return_sequence: bool = False,
+        strict_state: bool = False,
         **neuron_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -114,6 +123,8 @@ class SpikingResNet(nn.Module):
         self.norm = _check_choice(norm, "norm", NORMS)
         self.readout = _check_choice(readout, "readout", READOUTS)
         self.return_sequence = bool(return_sequence)
+        self.strict_state = bool(strict_state)
+        self._continuing = 0  # depth of continue_sequence() contexts
         stem_channels = width if stem_channels is None else _check_int(stem_channels, "stem_channels")
         spiking_neuron = _default_neuron() if spiking_neuron is None else spiking_neuron
         nk = dict(neuron_kwargs)
@@ -218,6 +229,49 @@ class SpikingResNet(nn.Module):
             x = stage(x)
         return x.mean(dim=(3, 4))
 
+    @contextlib.contextmanager
+    def continue_sequence(self) -> Iterator[SpikingResNet]:
+        """Let the forwards inside this context start on the state left by the previous call (``strict_state``).
+
+        For a long sequence fed in chunks: ``reset_net(model)``, ``model(chunk0)``, then
+        ``with model.continue_sequence(): model(chunk1); model(chunk2)``. Without ``strict_state`` a no-op.
+        """
+        self._continuing += 1
+        try:
+            yield self
+        finally:
+            self._continuing -= 1
+
+    def carried_state(self) -> list[str]:
+        """Names of the stateful submodules (SpikingJelly ``MemoryModule``) whose state is not its reset value,
+        i.e. was left by an earlier forward; empty right after ``functional.reset_net(model)``."""
+        from spikingjelly.activation_based import base
+
+        carried = []
+        for name, m in self.named_modules():
+            if not isinstance(m, base.MemoryModule):
+                continue
+            for key, value in m._memories.items():
+                initial = m._memories_rv[key]
+                if isinstance(initial, Tensor):
+                    fresh = isinstance(value, Tensor) and value.shape == initial.shape and torch.equal(value, initial)
+                else:
+                    fresh = not isinstance(value, Tensor) and value == initial
+                if not fresh:
+                    carried.append(f"{name}.{key}" if name else key)
+        return carried
+
+    @torch.compiler.disable
+    def _check_fresh_state(self) -> None:
+        carried = self.carried_state()
+        if carried:
+            more = f" and {len(carried) - 3} more" if len(carried) > 3 else ""
+            raise RuntimeError(
+                f"strict_state: this forward would start on the membrane state left by the previous call "
+                f"({', '.join(carried[:3])}{more}). Call spikingjelly.activation_based.functional.reset_net(model) "
+                "before each new batch, or use `with model.continue_sequence():` to continue a sequence on purpose"
+            )
+
     def reduce_time(self, y_seq: Tensor) -> Tensor:
         """The readout's reduction over time (dim 0): ``sum`` or ``mean``."""
         return y_seq.sum(0) if self.readout == "sum" else y_seq.mean(0)
@@ -233,6 +287,8 @@ class SpikingResNet(nn.Module):
         """
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.strict_state and not self._continuing:
+            self._check_fresh_state()
         f = self.forward_features(x)
         if self.fc_hidden is not None:
             f = self.sn_hidden(self.fc_hidden(f))
@@ -246,7 +302,7 @@ class SpikingResNet(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"T={self.T}, stem={self.stem_kind!r}, norm={self.norm!r}, readout={self.readout!r}, "
-            f"return_sequence={self.return_sequence}"
+            f"return_sequence={self.return_sequence}" + (", strict_state=True" if self.strict_state else "")
         )
 
 
@@ -289,8 +345,8 @@ _BUILDER_DOC = """{title}
         progress: show a download progress bar.
         **kwargs: :class:`SpikingResNet` arguments — ``T=4, num_classes=1000, in_channels=3, width={width},
             stem='{stem}', spiking_neuron=DecayFireNode, norm='bn', identity_bn=True, zero_init_residual=False,
-            readout='sum', return_sequence=False`` — and neuron arguments (``decay``, ``v_threshold``,
-            ``surrogate_function``, ``backend``, ...).
+            readout='sum', return_sequence=False, strict_state=False`` — and neuron arguments (``decay``,
+            ``v_threshold``, ``surrogate_function``, ``backend``, ...).
     """
 
 

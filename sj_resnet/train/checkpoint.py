@@ -30,7 +30,9 @@ class CheckpointError(RuntimeError):
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (temp file in the same directory, fsync, ``os.replace``)."""
+    """``torch.save(obj)`` to ``path`` atomically (temp file in the same directory, fsync, ``os.replace``).
+
+    An ``OSError`` (disk full, ...) becomes a :class:`CheckpointError` that says the old file survived."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -40,9 +42,14 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with _suppress():
             tmp.unlink()
+        if isinstance(exc, OSError):  # disk full, quota, read-only: the old file is still there
+            raise CheckpointError(
+                f"could not write {path} ({exc.strerror or exc}); the previous {path.name}, if any, is unchanged. "
+                "Free space (or pick another --output-dir) and continue with --resume"
+            ) from exc
         raise
     with _suppress():  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
@@ -104,12 +111,13 @@ def read(path: str | os.PathLike, map_location: str | torch.device = "cpu", requ
 
 
 def _reason(exc: BaseException) -> str:
-    """The informative line of a torch.load error (its weights-only errors put it last)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for ln in lines:
-        if "error:" in ln.lower():
-            return ln
-    return lines[0] if lines else repr(exc)
+    """The informative part of a ``torch.load`` error, without torch's advice to load unsafely."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # the detail follows torch's paragraph about weights_only
+        detail = [ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()]
+        return "it holds data that a safe load refuses" + (f": {detail[0]}" if detail else "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    return lines[0] if lines else type(exc).__name__
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:

@@ -9,10 +9,10 @@ options that would change the model or the optimisation trajectory must match th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .modeling import parse_surrogate
 from .recipes import DATASET_DEFAULTS, RECIPES
 
 DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
@@ -21,6 +21,17 @@ LOSSES = ("ce", "tet")
 AMP_MODES = ("none", "bf16", "fp16")
 NORMS = ("bn", "tdbn")
 READOUTS = ("sum", "mean")
+# --surrogate names (case-insensitive) -> SpikingJelly surrogate classes (``modeling.parse_surrogate`` builds them).
+SURROGATES = {
+    "rect": "Rect", "sigmoid": "Sigmoid", "atan": "ATan", "piecewisequadratic": "PiecewiseQuadratic",
+    "piecewiseexp": "PiecewiseExp", "softsign": "SoftSign", "superspike": "SuperSpike", "erf": "Erf",
+}
+SEED_LIMIT = 2**32  # numpy's and CUDA's seeds are 32-bit: larger seeds would alias smaller ones
+MAX_IMAGE_SIZE = 1024  # sides beyond this exhaust memory long before they could help these models
+MAX_DIGITS_IMAGE_SIZE = 256  # the 1797 upsampled digits are held in memory: 256 px is 470 MB
+# Options that come from the command line only, never from a checkpoint (a crafted checkpoint must not choose
+# where data is read from or start a download).
+COMMAND_LINE_ONLY = ("data_dir", "download")
 
 # Options that may differ between a checkpoint and the command that resumes it.
 RESUME_MUTABLE = frozenset(
@@ -106,6 +117,46 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def split_surrogate(spec: str) -> tuple[str, float | None]:
+    """``'atan:2.0'`` -> ``('ATan', 2.0)``; ``'rect'`` -> ``('Rect', None)``. Raises :class:`ConfigError` with
+    the accepted names for an unknown name, and for an alpha that is not a finite number > 0."""
+    name, _, alpha = str(spec).partition(":")
+    cls_name = SURROGATES.get(name.strip().lower())
+    if cls_name is None:
+        raise ConfigError(
+            f"unknown --surrogate {spec!r}; choose one of {', '.join(sorted(SURROGATES))} "
+            "optionally with ':alpha', e.g. 'atan:2.0'"
+        )
+    if not alpha:
+        return cls_name, None
+    try:
+        a = float(alpha)
+    except ValueError:
+        raise ConfigError(f"--surrogate {spec!r}: alpha {alpha!r} is not a number") from None
+    if not (math.isfinite(a) and a > 0):
+        raise ConfigError(f"--surrogate {spec!r}: alpha must be a finite number > 0, e.g. 'atan:2.0'")
+    return cls_name, a
+
+
+def _check_finite(cfg: TrainConfig) -> None:
+    """Every float option must be a finite number (NaN or inf would train to NaN and still write checkpoints)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{_flag(f.name)} must be a finite number; got {value}")
+
+
+def _check_range(name: str, value: float | None, low: float, high: float, high_open: bool = True) -> None:
+    if value is None:
+        return
+    if not (low <= value < high if high_open else low <= value <= high):
+        raise ConfigError(f"{_flag(name)} must be in [{low:g}, {high:g}{')' if high_open else ']'}; got {value!r}")
+
+
 def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -116,6 +167,7 @@ def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Raise :class:`ConfigError` for values that cannot work; returns ``cfg``."""
+    _check_finite(cfg)
     _check_choice("dataset", cfg.dataset, DATASETS)
     _check_choice("opt", cfg.opt, OPTIMIZERS)
     _check_choice("loss", cfg.loss, LOSSES)
@@ -130,8 +182,23 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("max_shift", "max_rotate", "max_scale", "wd", "warmup_epochs", "min_lr", "label_smoothing",
                  "workers", "momentum", "tet_lambda"):
         _check_positive(name, getattr(cfg, name), allow_zero=True)
-    if cfg.label_smoothing >= 1:
-        raise ConfigError(f"--label-smoothing must be in [0, 1); got {cfg.label_smoothing}")
+    _check_range("label_smoothing", cfg.label_smoothing, 0, 1)
+    _check_range("momentum", cfg.momentum, 0, 1)
+    _check_range("max_scale", cfg.max_scale, 0, 1)  # the zoom 1 +- max_scale must stay > 0
+    _check_range("max_rotate", cfg.max_rotate, 0, 180, high_open=False)
+    if cfg.min_lr > cfg.lr:
+        raise ConfigError(f"--min-lr ({cfg.min_lr:g}) exceeds --lr ({cfg.lr:g}); the cosine schedule decays from "
+                          "--lr down to --min-lr")
+    if cfg.v_threshold <= 0:
+        raise ConfigError(f"--v-threshold must be > 0; got {cfg.v_threshold}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < SEED_LIMIT:
+        raise ConfigError(f"--seed must be an integer in [0, 2**32) (numpy and CUDA seeds are 32-bit, so larger "
+                          f"seeds would repeat smaller ones); got {cfg.seed!r}")
+    if cfg.image_size is not None:
+        limit = MAX_DIGITS_IMAGE_SIZE if cfg.dataset == "digits" else MAX_IMAGE_SIZE
+        if cfg.image_size > limit:
+            raise ConfigError(f"--image-size {cfg.image_size} is too large for --dataset {cfg.dataset} (at most "
+                              f"{limit}); the defaults are in `sj-resnet train --help`")
     if not 0 < cfg.decay <= 1:
         raise ConfigError(f"--decay must be in (0, 1] (1 = IF neuron); got {cfg.decay}")
     if cfg.warmup_epochs > cfg.epochs:
@@ -142,10 +209,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--tet-lambda must be in [0, 1]; got {cfg.tet_lambda}")
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
         raise ConfigError(f"unknown --recipe {cfg.recipe!r}; available: {', '.join(sorted(RECIPES))}")
-    try:
-        parse_surrogate(cfg.surrogate)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    split_surrogate(cfg.surrogate)
     return cfg
 
 
@@ -156,7 +220,7 @@ def resolve(explicit: dict[str, Any], resumed: dict[str, Any] | None = None) -> 
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(sorted(unknown))}")
     if resumed is not None:
-        values = {k: v for k, v in resumed.items() if k in FIELDS}
+        values = {k: v for k, v in resumed.items() if k in FIELDS and k not in COMMAND_LINE_ONLY}
         conflicts = {
             k: (values.get(k), v) for k, v in explicit.items()
             if k not in RESUME_MUTABLE and k in values and values[k] != v

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -55,15 +57,27 @@ def env_info() -> DistInfo:
 
 
 def resolve_device(requested: str, info: DistInfo) -> torch.device:
-    """``'auto'`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; ``'cuda'`` gets the local rank."""
+    """``'auto'`` -> ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; ``'cuda'`` gets the local rank.
+
+    Raises :class:`~sj_resnet.train.config.ConfigError` for a device that is unknown or not present."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown --device {requested!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {requested!r} is not supported; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was requested but torch.cuda.is_available() is False; use --device cpu")
+            raise ConfigError(f"--device {requested}: no CUDA GPU is visible to torch on this machine; "
+                              "use --device cpu (or auto)")
+        count = torch.cuda.device_count()
         if device.index is None:
-            device = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
+            device = torch.device("cuda", info.local_rank % max(1, count))
+        elif device.index >= count:
+            raise ConfigError(f"--device {requested}: this machine has {count} CUDA device(s) (cuda:0..cuda:"
+                              f"{count - 1})")
         torch.cuda.set_device(device)
     return device
 

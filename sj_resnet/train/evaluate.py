@@ -1,12 +1,15 @@
 """``sj-resnet eval``: rebuild the network stored in a checkpoint, score it, report per-layer firing rates.
 
 The checkpoint's ``model_spec`` rebuilds the exact network; its ``config`` supplies the dataset unless
-``--dataset`` / ``--data-dir`` override it (the number of classes and input channels must match).
+``--dataset`` overrides it (the number of classes and input channels must match). Where the data lives and
+whether to download it come from the command line only (``--data-dir``, ``--download``), never from the
+checkpoint: a file from elsewhere must not choose paths on this machine or start a download.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,22 +17,27 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .config import ConfigError, TrainConfig, validate
+from .config import COMMAND_LINE_ONLY, ConfigError, TrainConfig, validate
 from .data import build_datasets, build_loaders
 from .engine import evaluate
 from .firing import FiringRateMonitor
-from .modeling import build_model, count_parameters
+from .modeling import build_model, check_backend, count_parameters
+from .rundir import check_output_file
 
 
 def run_eval(checkpoint: str, overrides: dict[str, Any], output: str | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (file or run directory); ``overrides`` are config fields given on the command line."""
     info = distributed.env_info()
     device = distributed.resolve_device(overrides.get("device") or "auto", info)
+    check_backend(overrides.get("backend") or "auto", device)
+    if output is not None:
+        check_output_file(output)  # before the evaluation, not after it
     distributed.init(info, device)
     try:
         path = ckpt_io.resolve_path(checkpoint)
         ck = ckpt_io.read(path, map_location=device, require_training_state=False)
-        stored = {k: v for k, v in ck["config"].items() if k in TrainConfig.__dataclass_fields__}
+        stored = {k: v for k, v in ck["config"].items()
+                  if k in TrainConfig.__dataclass_fields__ and k not in COMMAND_LINE_ONLY}
         allowed = {"dataset", "data_dir", "download", "batch_size", "eval_batch_size", "workers", "device",
                    "limit_eval_batches", "amp", "backend", "threads", "image_size", "fake_size"}
         bad = sorted(set(overrides) - allowed)
@@ -73,7 +81,9 @@ def run_eval(checkpoint: str, overrides: dict[str, Any], output: str | None = No
         if info.is_main:
             print(format_eval(result), flush=True)
             if output:
-                Path(output).write_text(json.dumps(result, indent=2) + "\n")
+                tmp = Path(output).with_name(f".{Path(output).name}.tmp-{os.getpid()}")
+                tmp.write_text(json.dumps(result, indent=2) + "\n")
+                tmp.replace(output)
         return result
     finally:
         distributed.cleanup()

@@ -10,36 +10,34 @@ from typing import Any
 
 from torch import nn
 
-_SURROGATE_NAMES = {
-    "rect": "Rect", "sigmoid": "Sigmoid", "atan": "ATan", "piecewisequadratic": "PiecewiseQuadratic",
-    "piecewiseexp": "PiecewiseExp", "softsign": "SoftSign", "superspike": "SuperSpike", "erf": "Erf",
-}
+from .config import ConfigError, split_surrogate
 
 
 def parse_surrogate(spec: str) -> nn.Module:
     """``'atan'``, ``'atan:2.0'``, ``'rect:1.0'``, ... -> a SpikingJelly surrogate module.
 
-    Names are SpikingJelly's surrogate classes, case-insensitive; ``:alpha`` overrides the class's default alpha.
+    Names are SpikingJelly's surrogate classes, case-insensitive (``config.SURROGATES``); ``:alpha`` overrides
+    the class's default alpha. Raises :class:`~sj_resnet.train.config.ConfigError` (a ``ValueError``).
     """
     from spikingjelly.activation_based import surrogate
 
-    name, _, alpha = str(spec).partition(":")
-    cls_name = _SURROGATE_NAMES.get(name.strip().lower())
-    if cls_name is None:
-        raise ValueError(
-            f"unknown --surrogate {spec!r}; choose one of {', '.join(sorted(_SURROGATE_NAMES))} "
-            "optionally with ':alpha', e.g. 'atan:2.0'"
-        )
+    cls_name, alpha = split_surrogate(spec)
     cls = getattr(surrogate, cls_name)
-    if not alpha:
-        return cls()
-    try:
-        a = float(alpha)
-    except ValueError as exc:
-        raise ValueError(f"--surrogate {spec!r}: alpha {alpha!r} is not a number") from exc
-    if a <= 0:
-        raise ValueError(f"--surrogate {spec!r}: alpha must be > 0")
-    return cls(alpha=a)
+    return cls() if alpha is None else cls(alpha=alpha)
+
+
+def check_backend(backend: str, device) -> None:
+    """Raise :class:`~sj_resnet.train.config.ConfigError` when ``--backend`` cannot run on ``device``."""
+    if backend != "cupy":
+        return
+    from sj_resnet.neuron.backends import cupy_available
+
+    if device.type != "cuda" or not cupy_available():
+        raise ConfigError(
+            f"--backend cupy needs CuPy and a CUDA device (this run: {device}, CuPy "
+            f"{'usable' if cupy_available() else 'not importable or no GPU'}); install cupy-cuda12x on a GPU "
+            "machine, or use --backend auto (or torch)"
+        )
 
 
 def model_spec(cfg, num_classes: int, in_channels: int) -> dict[str, Any]:
@@ -64,13 +62,16 @@ def model_spec(cfg, num_classes: int, in_channels: int) -> dict[str, Any]:
     return {"name": cfg.model, "kwargs": kwargs}
 
 
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Instantiate ``spec`` (from :func:`model_spec`) with ``sj_resnet.models.create_model``."""
+def build_model(spec: dict[str, Any], strict_state: bool = True) -> nn.Module:
+    """Instantiate ``spec`` (from :func:`model_spec`) with ``sj_resnet.models.create_model``.
+
+    With ``strict_state=True`` (the training and evaluation loops) a forward that starts on carried membrane
+    state raises instead of silently mixing two batches (``SpikingResNet.strict_state``)."""
     from sj_resnet.models import create_model
 
     kwargs = dict(spec["kwargs"])
     kwargs["surrogate_function"] = parse_surrogate(kwargs.pop("surrogate"))
-    return create_model(spec["name"], **kwargs)
+    return create_model(spec["name"], strict_state=strict_state, **kwargs)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

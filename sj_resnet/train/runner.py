@@ -25,12 +25,12 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt_io
-from . import distributed
+from . import distributed, rundir
 from .config import TrainConfig
 from .data import build_datasets, build_loaders
 from .engine import evaluate, train_one_epoch
 from .firing import FiringRateMonitor
-from .modeling import build_model, count_parameters, model_spec
+from .modeling import build_model, check_backend, count_parameters, model_spec
 from .report import Reporter, peak_memory_mib
 from .schedule import build_optimizer, build_scheduler
 from .threads import ThreadChoice, choose_threads
@@ -155,9 +155,9 @@ class Trainer:
                     f"{self.out} already holds a checkpoint ({ckpt_io.LAST}); pass --resume {self.out} to continue "
                     "that run, or choose another --output-dir"
                 )
-            self.out.mkdir(parents=True, exist_ok=True)
-        distributed.barrier()
+            rundir.check_writable_dir(self.out)  # the folder itself is created once the set-up has succeeded
         cfg.output_dir = str(self.out)
+        check_backend(cfg.backend, self.device)
 
         seed_all(cfg.seed)
         self.data = build_datasets(cfg)
@@ -199,6 +199,9 @@ class Trainer:
             model = torch.compile(model)
         self.model = model
         self.monitor = FiringRateMonitor(plain)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
         # evaluation uses the EMA weights when --ema-decay is set (their own hooks)
         self.eval_plain = self.ema.module if self.ema is not None else plain
         self.eval_model = self.ema.module if self.ema is not None else model

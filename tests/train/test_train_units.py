@@ -136,3 +136,13 @@ def test_parse_surrogate():
     assert isinstance(sg, surrogate.ATan) and sg.alpha == 3.0
     assert isinstance(parse_surrogate("rect"), surrogate.Rect)
     assert not math.isnan(parse_surrogate("erf").alpha)
+
+
+def test_the_cli_builds_models_with_strict_state():
+    """The training and evaluation loops run with SpikingResNet.strict_state on (they reset before every batch)."""
+    from sj_resnet.train.modeling import build_model, model_spec
+
+    cfg = cfgmod.resolve({"width": 4, "T": 2})
+    model = build_model(model_spec(cfg, num_classes=10, in_channels=1))
+    assert model.strict_state is True
+    assert build_model(model_spec(cfg, num_classes=10, in_channels=1), strict_state=False).strict_state is False
