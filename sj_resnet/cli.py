@@ -174,6 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from .train.threads import prefer_passive_wait
+
+    prefer_passive_wait()  # before torch loads: OpenMP threads sleep at barriers (docs/training.md, "Threads")
 
     from .train.checkpoint import CheckpointError
     from .train.config import ConfigError

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import datetime
 
-import pytest
 import torch
+from train_helpers import REPO, subprocess_env
 
 from sj_resnet.train import threads
 from sj_resnet.train.report import format_eta
@@ -13,42 +16,50 @@ from sj_resnet.train.report import format_eta
 CPU = torch.device("cpu")
 
 
-@pytest.fixture
-def two_cores(monkeypatch):
-    monkeypatch.setattr(threads, "available_cores", lambda: [0, 1])
-
-
-@pytest.mark.parametrize("idle, expect", [(2.0, 2), (1.6, 2), (1.4, 1), (1.0, 1), (0.1, 1), (0.0, 1)])
-def test_idle_cores_decide_the_thread_count(monkeypatch, two_cores, idle, expect):
-    monkeypatch.setattr(threads, "idle_cores", lambda cpus, interval=0.25: idle)
-    choice = threads.choose_threads(None, CPU)
-    assert choice.threads == expect
-    assert f"{idle:.1f} of 2 cores idle" in choice.reason and "--threads N" in choice.reason
-
-
-def test_explicit_threads_gpu_and_torchrun(monkeypatch, two_cores):
-    def fail(*a, **k):
-        raise AssertionError("idle time must not be measured here")
-
-    monkeypatch.setattr(threads, "idle_cores", fail)
-    assert threads.choose_threads(3, CPU) == threads.ThreadChoice(3, "--threads")
+def test_one_thread_per_core_split_between_processes(monkeypatch):
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    assert threads.choose_threads(None, CPU).threads == 4
+    assert threads.choose_threads(3, CPU).threads == 3
     assert threads.choose_threads(None, torch.device("cuda")).threads is None
-    split = threads.choose_threads(None, CPU, local_world_size=2)
-    assert split.threads == 1 and "split between 2 processes" in split.reason
+    split = threads.choose_threads(None, CPU, local_world_size=3)
+    assert split.threads == 1 and "4 cores split between 3 processes" in split.reason
 
 
-def test_unknown_idle_time_uses_every_core(monkeypatch, two_cores):
-    monkeypatch.setattr(threads, "idle_cores", lambda cpus, interval=0.25: None)
-    assert threads.choose_threads(None, CPU).threads == 2
+def test_wait_policy_is_reported(monkeypatch):
+    monkeypatch.setenv(threads.WAIT_POLICY_ENV, "PASSIVE")
+    assert "OpenMP wait passive" in threads.choose_threads(None, CPU).reason
+    monkeypatch.delenv(threads.WAIT_POLICY_ENV)
+    assert "active spin" in threads.choose_threads(2, CPU).reason
 
 
-def test_idle_cores_reads_proc_stat():
-    """On Linux the measurement is a fraction of the cores given, never more than all of them."""
-    cpus = threads.available_cores()
-    idle = threads.idle_cores(cpus, interval=0.05)
-    if idle is None:
-        pytest.skip("no /proc/stat on this platform (the policy then uses every core, tested above)")
-    assert 0.0 <= idle <= len(cpus) + 1e-9
+def test_passive_unless_the_user_chose_or_torch_is_loaded(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch")  # as in a fresh `sj-resnet` process (restored afterwards)
+    monkeypatch.delenv(threads.WAIT_POLICY_ENV, raising=False)
+    threads.prefer_passive_wait()
+    assert threads.wait_policy() == "OpenMP wait passive"
+    monkeypatch.setenv(threads.WAIT_POLICY_ENV, "ACTIVE")
+    threads.prefer_passive_wait()
+    assert threads.wait_policy() == "OpenMP wait active"
+
+
+def test_too_late_once_torch_is_loaded(monkeypatch):
+    monkeypatch.delenv(threads.WAIT_POLICY_ENV, raising=False)
+    threads.prefer_passive_wait()  # torch is loaded in this process: OpenMP already read its environment
+    assert threads.WAIT_POLICY_ENV not in os.environ
+
+
+def test_header_names_the_policy(tmp_path):
+    """A fresh ``sj-resnet`` process sets the passive wait before torch loads and says so in the header."""
+    env = subprocess_env()
+    env.pop("OMP_WAIT_POLICY", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "sj_resnet", "train", "--dataset", "fake", "--fake-size", "32", "--width", "4",
+         "--T", "2", "--epochs", "2", "--threads", "1", "--no-tensorboard", "--no-plot", "-o", str(tmp_path / "r")],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "1 CPU threads: --threads; OpenMP wait passive" in run.stdout
+    assert "eta:" in run.stdout
 
 
 def test_eta_line():
