@@ -106,7 +106,7 @@ def seed_all(seed: int) -> None:
 
 
 def configure_threads(cfg: TrainConfig, device: torch.device, info: distributed.DistInfo) -> ThreadChoice:
-    """Apply the thread policy of :mod:`.threads` (``--threads``, idle cores, or cores split between processes)."""
+    """Apply the thread policy of :mod:`.threads` (``--threads``, one per core, or cores split between processes)."""
     choice = choose_threads(cfg.threads, device, info.local_world_size)
     apply_threads(choice)
     return choice
