@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from .blocks import NORMS, BasicBlock, Bottleneck, batch_norm_repeated, init_bn, make_neuron, neuron_threshold
-from .registry import WeightsEntry, load_weights, register_model, resolve_weights
+from .registry import WeightsEntry, register_model
+from .weights import load_weights, resolve_weights
 
 __all__ = [
     "SpikingResNet",

@@ -7,6 +7,16 @@ full disk at any moment leaves either the old or the new checkpoint, never a tor
 Read: ``torch.load(weights_only=True)`` (no arbitrary code from a downloaded file; RNG states are stored as
 tensors and tuples for that reason), then checks of the format tag and the keys, each failure a
 :class:`CheckpointError` that says what is wrong and what to do. A failed read never modifies the file.
+
+Schema (``last.pt`` and ``best.pt`` alike, built by ``Trainer.checkpoint_state``)::
+
+    format, run_id (the run's id, also in config.json and summary.json), config, model_spec, model (the trained
+    weights), eval_model (their EMA with --ema-decay, else None), epoch, step_in_epoch, metrics (the epoch's
+    metrics.csv row, None mid-epoch), world_size, torch_version
+    + training state (last.pt only): ema, optimizer, scheduler, scaler, rng (one per rank), history,
+      partial_epoch (an interrupted epoch's running sums: loss, accuracy, firing, gradient norm), best, elapsed_s
+
+Evaluation uses ``eval_model`` when present, else ``model``.
 """
 
 from __future__ import annotations
@@ -21,8 +31,8 @@ import torch
 FORMAT = "sj_resnet.train/1"
 LAST = "last.pt"
 BEST = "best.pt"
-REQUIRED_KEYS = ("format", "config", "model_spec", "model", "optimizer", "scheduler", "scaler", "epoch",
-                 "step_in_epoch", "rng", "history")
+MODEL_KEYS = ("format", "config", "model_spec", "model", "epoch")
+TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "step_in_epoch", "rng", "history")
 
 
 class CheckpointError(RuntimeError):
@@ -99,13 +109,13 @@ def read(path: str | os.PathLike, map_location: str | torch.device = "cpu", requ
             f"{p} is not an sj-resnet training checkpoint (format {found!r}, expected {FORMAT!r}). Plain model "
             "weights load with sj_resnet.models.load_weights; training checkpoints come from `sj-resnet train`."
         )
-    keys = REQUIRED_KEYS if require_training_state else ("format", "config", "model_spec", "model")
+    keys = MODEL_KEYS + TRAINING_KEYS if require_training_state else MODEL_KEYS
     missing = [k for k in keys if k not in ckpt]
     if missing:
         what = "training state" if require_training_state else "model"
         raise CheckpointError(
             f"{p} lacks {', '.join(missing)} ({what} incomplete); "
-            + ("best.pt holds weights only: resume from last.pt" if require_training_state else "re-save it")
+            + ("best.pt holds no training state: resume from last.pt" if require_training_state else "re-save it")
         )
     return ckpt
 
@@ -121,16 +131,16 @@ def _reason(exc: BaseException) -> str:
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
-    """``load_state_dict(strict=True)`` with a readable error on architecture mismatch."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        own, theirs = set(model.state_dict()), set(state)
-        missing, unexpected = sorted(own - theirs)[:5], sorted(theirs - own)[:5]
+    """``load_state_dict(strict=True)`` with the models' mismatch report on an architecture mismatch."""
+    from sj_resnet.models.weights import state_dict_mismatch
+
+    problem = state_dict_mismatch(model.state_dict(), state)
+    if problem is not None:
         raise CheckpointError(
-            f"{path} does not fit the model: missing {missing or 'none'}, unexpected {unexpected or 'none'} "
-            f"({str(exc).splitlines()[0]}). The checkpoint's model_spec describes the network it was trained with."
-        ) from exc
+            f"{path} does not fit the model: {problem}. The checkpoint's model_spec describes the network it was "
+            "trained with."
+        )
+    model.load_state_dict(state, strict=True)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,13 +15,20 @@ from typing import Any
 
 from .recipes import DATASET_DEFAULTS, RECIPES
 
-DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("ce", "tet")
 AMP_MODES = ("none", "bf16", "fp16")
+DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
+"""Every ``--dataset`` (``data.build_datasets`` builds each; ``recipes.DATASET_DEFAULTS`` has an entry for each)."""
+
+# Torch-free copies of choices that the neuron and model packages own, so that `sj-resnet --help` and option
+# checks need no torch import; tests/train/test_train_units.py::test_every_choice_has_one_owner keeps them equal
+# to their owners (models.blocks.NORMS, models.resnet.READOUTS, neuron.backends.ALL_BACKENDS,
+# neuron.surrogates.SURROGATES, neuron.ops.check_decay's range).
 NORMS = ("bn", "tdbn")
 READOUTS = ("sum", "mean")
-# --surrogate names (case-insensitive) -> SpikingJelly surrogate classes (``modeling.parse_surrogate`` builds them).
+BACKENDS = ("auto", "reference", "torch", "cupy")
+# --surrogate names (case-insensitive) -> the SpikingJelly class names of neuron.surrogates.SURROGATES
 SURROGATES = {
     "rect": "Rect", "sigmoid": "Sigmoid", "atan": "ATan", "piecewisequadratic": "PiecewiseQuadratic",
     "piecewiseexp": "PiecewiseExp", "softsign": "SoftSign", "superspike": "SuperSpike", "erf": "Erf",
@@ -37,6 +44,13 @@ COMMAND_LINE_ONLY = ("data_dir", "download")
 RESUME_MUTABLE = frozenset(
     {"output_dir", "workers", "device", "threads", "data_dir", "download", "tensorboard", "plot", "resume",
      "limit_eval_batches", "compile", "backend", "eval_batch_size", "stop_after_epochs"}
+)
+
+
+# Options `sj-resnet eval` may set; every other field comes from the evaluated checkpoint's config.
+EVAL_FIELDS = frozenset(
+    {"dataset", "data_dir", "download", "batch_size", "eval_batch_size", "workers", "device", "limit_eval_batches",
+     "amp", "backend", "threads", "image_size", "fake_size"}
 )
 
 
@@ -174,6 +188,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_choice("amp", cfg.amp, AMP_MODES)
     _check_choice("norm", cfg.norm, NORMS)
     _check_choice("readout", cfg.readout, READOUTS)
+    _check_choice("backend", cfg.backend, BACKENDS)
     for name in ("epochs", "batch_size", "T", "lr", "fake_size"):
         _check_positive(name, getattr(cfg, name))
     for name in ("width", "eval_batch_size", "image_size", "threads", "clip_grad", "limit_train_batches",

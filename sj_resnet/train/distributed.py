@@ -124,3 +124,17 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def replicas_in_sync(model: torch.nn.Module) -> bool:
+    """Whether every rank holds bit-identical parameters and buffers (a DDP sanity check at the end of a run)."""
+    tensors = [t.detach().reshape(-1).double() for t in list(model.parameters()) + list(model.buffers())
+               if t.is_floating_point()]
+    flat = torch.cat(tensors) if tensors else torch.zeros(1, dtype=torch.float64)
+    local = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64,
+                                                           device=flat.device).remainder(9973)).sum()])
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    gathered = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return all(torch.equal(g, gathered[0]) for g in gathered)

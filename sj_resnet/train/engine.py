@@ -1,8 +1,8 @@
-"""One training epoch and one evaluation pass: the per-batch step of a spiking network.
+"""The per-batch computation of a spiking network and one evaluation pass (training epochs: ``trainer.py``).
 
-Per batch: ``functional.reset_net`` (fresh membrane state), forward under autocast (``--amp``), loss (cross
-entropy on the time-reduced logits, or TET's per-step loss), backward (through a ``GradScaler`` for fp16),
-optional gradient-norm clipping, optimizer step, scheduler step (the schedule is per iteration).
+Per batch (:func:`forward_batch`, shared by training and evaluation): ``functional.reset_net`` (fresh membrane
+state), forward under autocast (``--amp``), loss (cross entropy on the time-reduced logits, or TET's per-step
+loss). The trainer's step then goes backward through it (``Trainer.train_epoch``).
 
 TET (Deng et al., ICLR 2022, "Temporal Efficient Training of Spiking Neural Network via Gradient
 Re-weighting"): with per-step logits ``y[t]`` (``model.return_sequence = True``)::
@@ -16,11 +16,9 @@ predictions use ``mean_t y[t]``.
 from __future__ import annotations
 
 import contextlib
-import math
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -65,23 +63,9 @@ def progress(iterable, total: int, desc: str, enabled: bool):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-@dataclass
-class EpochResult:
-    loss: float = math.nan
-    acc: float = math.nan
-    samples: int = 0
-    steps: int = 0  # optimizer steps taken in this call
-    seconds: float = 0.0
-    interrupted: bool = False
-    firing_mean: float = math.nan
-    firing: dict[str, float] = field(default_factory=dict)
-    grad_norm: float = math.nan  # mean global gradient norm (before clipping) over this call's steps
-    carry: dict = field(default_factory=dict)  # global running totals, to continue a partial epoch after resume
 
 
 def forward_batch(
@@ -95,117 +79,6 @@ def forward_batch(
     with autocast(device, cfg.amp):
         out = model(x)
     return compute_loss(out, y, cfg)
-
-
-def train_one_epoch(
-    model: nn.Module,
-    plain_model: nn.Module,
-    loader,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    scaler,
-    cfg,
-    device: torch.device,
-    sequence: bool,
-    monitor: FiringRateMonitor,
-    should_stop: Callable[[], bool],
-    total_steps: int,
-    start_step: int = 0,
-    desc: str = "train",
-    show_progress: bool = True,
-    carry: dict | None = None,
-    is_main: bool = True,
-    after_step: Callable[[], None] | None = None,
-) -> EpochResult:
-    """Train until the loader is exhausted, ``total_steps`` steps of this epoch are done, or ``should_stop()``.
-
-    ``start_step`` is the index of the first batch (non-zero when resuming mid-epoch): the step counter of the
-    returned result counts only the steps of this call. ``carry`` (the ``EpochResult.carry`` of the interrupted
-    part of this epoch) makes the epoch's statistics those of the whole epoch; rank 0 (``is_main``) holds it.
-    """
-
-    model.train()
-    monitor.reset()
-    monitor.enabled = True
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.float64, device=device)
-    seen = 0
-    grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
-    earlier_seconds = 0.0
-    if carry and is_main:
-        loss_sum += carry["loss_sum"]
-        correct += carry["correct"]
-        seen = int(carry["seen"])
-        monitor.preload(carry["firing_sums"], carry["firing_counts"])
-    if carry:
-        earlier_seconds = float(carry["seconds"])
-    steps = 0
-    interrupted = False
-    _sync(device)
-    t0 = time.perf_counter()
-    remaining = max(0, total_steps - start_step)
-    bar = progress(loader, remaining, desc, show_progress)
-    it = iter(bar)
-    while steps < remaining:
-        try:
-            x, y = next(it)
-        except StopIteration:
-            break
-        except Exception:
-            if should_stop():  # a worker killed by the same Ctrl-C
-                interrupted = True
-                break
-            raise
-        y = y.to(device, non_blocking=True)
-        loss, logits = forward_batch(model, plain_model, x, y, cfg, device, sequence)
-        if steps % 50 == 0 and not torch.isfinite(loss):  # a host sync: only every 50 steps
-            raise FloatingPointError(
-                f"loss is {loss.item()} at step {start_step + steps} of this epoch; lower --lr, add --clip-grad or "
-                "--warmup-epochs, or use --amp none"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # a no-op without fp16; the norm below is the true (unscaled) one
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad or math.inf)
-        grad_norm_sum += torch.nan_to_num(norm.detach().double(), nan=0.0, posinf=0.0)  # no host sync
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        if after_step is not None:
-            after_step()
-        n = y.shape[0]
-        loss_sum += loss.detach().double() * n
-        correct += (logits.detach().argmax(1) == y).sum().double()
-        seen += n
-        steps += 1
-        if bar is not loader and steps % 10 == 0:
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
-        if distributed.any_rank(should_stop(), device):
-            interrupted = True
-            break
-    if bar is not loader:
-        bar.close()
-    _sync(device)
-    seconds = time.perf_counter() - t0 + earlier_seconds
-    totals = torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=device)])
-    distributed.all_reduce_sum(totals)
-    total_seen = int(totals[2].item())
-    fsums, fcounts = monitor.totals()
-    firing, firing_mean = monitor.summary()
-    carry_out = {"loss_sum": float(totals[0]), "correct": float(totals[1]), "seen": total_seen, "seconds": seconds,
-                 "firing_sums": fsums, "firing_counts": fcounts}
-    return EpochResult(
-        loss=float(totals[0] / max(1, total_seen)) if total_seen else math.nan,
-        acc=float(totals[1] / max(1, total_seen)) if total_seen else math.nan,
-        samples=total_seen,
-        steps=steps,
-        seconds=seconds,
-        interrupted=interrupted,
-        firing_mean=firing_mean,
-        firing=firing,
-        grad_norm=float(grad_norm_sum) / steps if steps else math.nan,
-        carry=carry_out,
-    )
 
 
 @dataclass
@@ -254,7 +127,7 @@ def evaluate(
     if bar is not loader:
         bar.close()
     distributed.all_reduce_sum(totals)
-    _sync(device)
+    sync(device)
     n = max(1.0, float(totals[3]))
     firing, firing_mean = monitor.summary()
     return EvalResult(

@@ -29,7 +29,8 @@ class FiringRateMonitor:
         self.enabled = True
         self._sums: list[torch.Tensor | None] = [None] * len(self.layers)
         self._counts = [0] * len(self.layers)
-        self._handles = [m.register_forward_hook(self._hook(i)) for i, (_, m) in enumerate(self.layers)]
+        for i, (_, m) in enumerate(self.layers):
+            m.register_forward_hook(self._hook(i))
 
     def _hook(self, i: int):
         def hook(module, inputs, output):
@@ -80,8 +81,3 @@ class FiringRateMonitor:
         total = float(counts.sum())
         mean = float(sums.sum()) / total if total > 0 else float("nan")
         return {name: float(r) for name, r in zip(self.names, rates, strict=True)}, mean
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []

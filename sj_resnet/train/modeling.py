@@ -1,4 +1,4 @@
-"""Model construction from a :class:`TrainConfig`: surrogate parsing, builder keyword arguments, DDP/compile wraps.
+"""Model construction from a :class:`TrainConfig`: surrogate parsing and the builder keyword arguments.
 
 The builder arguments are stored in every checkpoint as plain data (``model_spec``), so ``sj-resnet eval``
 rebuilds the exact network without the training command line.
@@ -10,19 +10,22 @@ from typing import Any
 
 from torch import nn
 
+from sj_resnet.neuron.surrogates import SURROGATES
+
 from .config import ConfigError, split_surrogate
+
+_SJ_CLASSES: dict[str, type[nn.Module]] = {spec.name: spec.sj_class for spec in SURROGATES}
 
 
 def parse_surrogate(spec: str) -> nn.Module:
     """``'atan'``, ``'atan:2.0'``, ``'rect:1.0'``, ... -> a SpikingJelly surrogate module.
 
-    Names are SpikingJelly's surrogate classes, case-insensitive (``config.SURROGATES``); ``:alpha`` overrides
-    the class's default alpha. Raises :class:`~sj_resnet.train.config.ConfigError` (a ``ValueError``).
+    Names are the surrogates with a fused kernel (``sj_resnet.neuron.surrogates.SURROGATES``; the CLI's torch-free
+    copy ``config.SURROGATES`` is tested equal), case-insensitive; ``:alpha`` overrides the class's default alpha.
+    Raises :class:`~sj_resnet.train.config.ConfigError` (a ``ValueError``).
     """
-    from spikingjelly.activation_based import surrogate
-
     cls_name, alpha = split_surrogate(spec)
-    cls = getattr(surrogate, cls_name)
+    cls = _SJ_CLASSES[cls_name]
     return cls() if alpha is None else cls(alpha=alpha)
 
 
@@ -72,17 +75,6 @@ def build_model(spec: dict[str, Any], strict_state: bool = True) -> nn.Module:
     kwargs = dict(spec["kwargs"])
     kwargs["surrogate_function"] = parse_surrogate(kwargs.pop("surrogate"))
     return create_model(spec["name"], strict_state=strict_state, **kwargs)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP and ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):  # DistributedDataParallel
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile
-            model = model._orig_mod
-        else:
-            return model
 
 
 def count_parameters(model: nn.Module) -> int:

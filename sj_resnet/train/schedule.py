@@ -1,4 +1,6 @@
-"""Learning-rate schedule: linear warmup then cosine decay, stepped once per iteration.
+"""Optimisation pieces: the optimizer, the learning-rate schedule and the weight EMA's update rule.
+
+Learning-rate schedule: linear warmup then cosine decay, stepped once per iteration.
 
 ``factor(s) = (s + 1) / W`` for ``s < W`` warmup steps, then
 ``min_ratio + (1 - min_ratio) * (1 + cos(pi * (s - W) / (S - W))) / 2`` up to the last step ``S``; the
@@ -40,3 +42,33 @@ def build_optimizer(params, cfg) -> torch.optim.Optimizer:
     if cfg.opt == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.wd)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.wd)
+
+
+def ema_with_warmup(decay: float):
+    """EMA update for ``AveragedModel``: ``ema <- d*ema + (1-d)*w`` with ``d = min(decay, (1+n)/(10+n))``.
+
+    ``n`` counts the updates so far. The warmup makes the average follow the weights closely in the first
+    hundreds of steps; a constant decay would keep the BN running statistics near their initial values
+    (averaged over the buffers too) and silence the spiking layers of the averaged network in short runs.
+    Floating-point tensors only (``num_batches_tracked`` keeps the first copy's count). The warmup term stays
+    below 0.99 for the first 890 updates, so in runs shorter than that it, not ``decay``, sets the average's
+    horizon (about the last ``n / 9`` steps).
+    """
+
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        if not ema or not ema[0].is_floating_point():
+            return
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(ema, current, 1.0 - d)
+
+    return update
+
+
+def build_ema(model: torch.nn.Module, decay: float | None) -> torch.optim.swa_utils.AveragedModel | None:
+    """An ``AveragedModel`` of ``model`` (parameters and buffers) for ``--ema-decay``, or ``None`` without it."""
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel
+
+    return AveragedModel(model, multi_avg_fn=ema_with_warmup(decay), use_buffers=True)

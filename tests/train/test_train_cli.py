@@ -10,6 +10,9 @@ import pytest
 import torch
 from train_helpers import TINY, cli, load, run_module
 
+from sj_resnet.train.firing import spiking_layers
+from sj_resnet.train.modeling import build_model
+
 FAST = [*TINY, "--epochs", "1", "--limit-train-batches", "3", "--limit-eval-batches", "2", "--batch-size", "16"]
 
 
@@ -63,9 +66,9 @@ def test_eval_reproduces_the_final_test_accuracy(tmp_path, capsys, ema):
     assert result["samples"] == 360  # the whole digits test split
     assert result["acc1"] == pytest.approx(summary["final"]["test_acc1"], abs=1e-9)
     assert result["acc5"] >= result["acc1"]
-    ckpt = load(run / "last.pt")
-    assert set(result["firing_rates"]) == {k.rsplit(".", 1)[0] for k in ckpt["model"] if k.endswith(".v")} or \
-        len(result["firing_rates"]) == 17
+    model = build_model(load(run / "last.pt")["model_spec"])
+    assert list(result["firing_rates"]) == [name for name, _ in spiking_layers(model)]
+    assert len(result["firing_rates"]) == 17  # stem + 16 block neurons of ResNet-18
 
 
 def test_fake_data_tet_loss_and_bf16(tmp_path):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from spikingjelly.activation_based import functional, neuron
@@ -135,7 +133,43 @@ def test_parse_surrogate():
     sg = parse_surrogate("ATan:3")
     assert isinstance(sg, surrogate.ATan) and sg.alpha == 3.0
     assert isinstance(parse_surrogate("rect"), surrogate.Rect)
-    assert not math.isnan(parse_surrogate("erf").alpha)
+    assert parse_surrogate("erf").alpha == surrogate.Erf().alpha  # no ':alpha': the class's default
+    assert parse_surrogate("erf:0.5").alpha == 0.5
+
+
+def test_every_choice_has_one_owner():
+    """The CLI takes every list of choices from train/config.py; the copies there of lists the neuron and model
+    packages own (kept torch-free for `--help`) equal their owners."""
+    from sj_resnet.cli import build_parser
+    from sj_resnet.models.blocks import NORMS
+    from sj_resnet.models.resnet import READOUTS
+    from sj_resnet.neuron.backends import ALL_BACKENDS
+    from sj_resnet.neuron.ops import check_decay
+    from sj_resnet.neuron.surrogates import SURROGATES
+
+    assert list(DATASET_DEFAULTS) == list(cfgmod.DATASETS)
+    assert (cfgmod.NORMS, cfgmod.READOUTS, cfgmod.BACKENDS) == (NORMS, READOUTS, ALL_BACKENDS)
+    assert cfgmod.SURROGATES == {s.name.lower(): s.name for s in SURROGATES}
+    for decay in (0.0, 1e-9, 0.5, 1.0, 1.0 + 1e-9):  # the config's decay range is the neuron's
+        neuron_ok = config_ok = True
+        try:
+            check_decay(decay)
+        except ValueError:
+            neuron_ok = False
+        try:
+            cfgmod.resolve({"decay": decay})
+        except cfgmod.ConfigError:
+            config_ok = False
+        assert neuron_ok == config_ok, decay
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]  # argparse keeps sub-parsers nowhere public
+    choices = {a.dest: tuple(a.choices) for a in train._actions if a.choices is not None}
+    assert choices == {"dataset": cfgmod.DATASETS, "norm": NORMS, "readout": READOUTS, "backend": ALL_BACKENDS,
+                       "opt": cfgmod.OPTIMIZERS, "loss": cfgmod.LOSSES, "amp": cfgmod.AMP_MODES,
+                       "recipe": tuple(sorted(RECIPES))}
+    for name, choices_of in (("norm", NORMS), ("readout", READOUTS), ("backend", ALL_BACKENDS)):
+        with pytest.raises(cfgmod.ConfigError, match=f"--{name} must be one of {', '.join(choices_of)}"):
+            cfgmod.resolve({name: "nope"})
 
 
 def test_the_cli_builds_models_with_strict_state():

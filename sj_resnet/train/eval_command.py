@@ -1,9 +1,11 @@
 """``sj-resnet eval``: rebuild the network stored in a checkpoint, score it, report per-layer firing rates.
 
-The checkpoint's ``model_spec`` rebuilds the exact network; its ``config`` supplies the dataset unless
-``--dataset`` overrides it (the number of classes and input channels must match). Where the data lives and
-whether to download it come from the command line only (``--data-dir``, ``--download``), never from the
-checkpoint: a file from elsewhere must not choose paths on this machine or start a download.
+The checkpoint's ``model_spec`` rebuilds the exact network; its ``config`` supplies the dataset unless the
+command line overrides one of :data:`~sj_resnet.train.config.EVAL_FIELDS` (the number of classes and input
+channels must match). Where the data lives and whether to download it come from the command line only
+(``--data-dir``, ``--download``), never from the checkpoint: a file from elsewhere must not choose paths on this
+machine or start a download. Device, process group, threads and data come from the same set-up code as training
+(:mod:`sj_resnet.train.runtime`).
 """
 
 from __future__ import annotations
@@ -13,61 +15,59 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from . import checkpoint as ckpt_io
 from . import distributed
-from .config import COMMAND_LINE_ONLY, ConfigError, TrainConfig, validate
-from .data import build_datasets, build_loaders
+from .config import COMMAND_LINE_ONLY, EVAL_FIELDS, ConfigError, TrainConfig, validate
 from .engine import evaluate
 from .firing import FiringRateMonitor
 from .modeling import build_model, check_backend, count_parameters
 from .rundir import check_output_file
+from .runtime import build_data, start_runtime
+
+
+def eval_config(stored: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """The checkpoint's config with the command line's ``overrides`` (only :data:`EVAL_FIELDS` may change).
+
+    The device and :data:`COMMAND_LINE_ONLY` fields (data location, download) never come from the checkpoint."""
+    bad = sorted(set(overrides) - EVAL_FIELDS)
+    if bad:
+        raise ConfigError(f"sj-resnet eval does not take {', '.join('--' + b.replace('_', '-') for b in bad)}")
+    values = {k: v for k, v in stored.items()
+              if k in TrainConfig.__dataclass_fields__ and k not in COMMAND_LINE_ONLY}
+    values["device"] = "auto"  # where the checkpoint was trained says nothing about this machine
+    values.update(overrides)
+    return validate(TrainConfig(**values))
 
 
 def run_eval(checkpoint: str, overrides: dict[str, Any], output: str | None = None) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (file or run directory); ``overrides`` are config fields given on the command line."""
-    info = distributed.env_info()
-    device = distributed.resolve_device(overrides.get("device") or "auto", info)
-    check_backend(overrides.get("backend") or "auto", device)
     if output is not None:
         check_output_file(output)  # before the evaluation, not after it
-    distributed.init(info, device)
+    path = ckpt_io.resolve_path(checkpoint)
+    ck = ckpt_io.read(path, map_location="cpu", require_training_state=False)
+    cfg = eval_config(ck["config"], overrides)
+    rt = start_runtime(cfg)
     try:
-        path = ckpt_io.resolve_path(checkpoint)
-        ck = ckpt_io.read(path, map_location=device, require_training_state=False)
-        stored = {k: v for k, v in ck["config"].items()
-                  if k in TrainConfig.__dataclass_fields__ and k not in COMMAND_LINE_ONLY}
-        allowed = {"dataset", "data_dir", "download", "batch_size", "eval_batch_size", "workers", "device",
-                   "limit_eval_batches", "amp", "backend", "threads", "image_size", "fake_size"}
-        bad = sorted(set(overrides) - allowed)
-        if bad:
-            raise ConfigError(f"sj-resnet eval does not take {', '.join('--' + b.replace('_', '-') for b in bad)}")
-        stored.update(overrides)
-        cfg = validate(TrainConfig(**stored))
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        check_backend(cfg.backend, rt.device)
         spec = json.loads(json.dumps(ck["model_spec"]))
         spec["kwargs"]["backend"] = cfg.backend
-        data = build_datasets(cfg)
-        kw = spec["kwargs"]
-        if (data.num_classes, data.in_channels) != (kw["num_classes"], kw["in_channels"]):
+        data = build_data(cfg, rt)
+        bundle, kw = data.bundle, spec["kwargs"]
+        if (bundle.num_classes, bundle.in_channels) != (kw["num_classes"], kw["in_channels"]):
             raise ConfigError(
-                f"{cfg.dataset} has {data.num_classes} classes / {data.in_channels} input channels but the "
+                f"{cfg.dataset} has {bundle.num_classes} classes / {bundle.in_channels} input channels but the "
                 f"checkpoint's model has {kw['num_classes']} / {kw['in_channels']}; evaluate it on the dataset it was "
                 "trained on"
             )
-        model = build_model(spec).to(device)
+        model = build_model(spec).to(rt.device)
         weights = ck.get("eval_model") or ck["model"]  # the EMA weights of an --ema-decay run
         ckpt_io.load_model_state(model, weights, str(path))
-        _, test_loader, _ = build_loaders(data, cfg, info.rank, info.world_size, pin_memory=device.type == "cuda")
-        monitor = FiringRateMonitor(model)
-        ev = evaluate(model, model, test_loader, cfg, device, data.sequence, monitor, cfg.limit_eval_batches,
-                      show_progress=info.is_main)
+        ev = evaluate(model, model, data.test_loader, cfg, rt.device, bundle.sequence, FiringRateMonitor(model),
+                      cfg.limit_eval_batches, show_progress=rt.is_main)
         result = {
             "checkpoint": str(path),
             "epoch": ck.get("epoch"),
-            "dataset": data.description,
+            "dataset": bundle.description,
             "model_spec": spec,
             "parameters": count_parameters(model),
             "samples": ev.samples,
@@ -78,7 +78,7 @@ def run_eval(checkpoint: str, overrides: dict[str, Any], output: str | None = No
             "firing_rates": ev.firing,
             "seconds": ev.seconds,
         }
-        if info.is_main:
+        if rt.is_main:
             print(format_eval(result), flush=True)
             if output:
                 tmp = Path(output).with_name(f".{Path(output).name}.tmp-{os.getpid()}")
@@ -90,6 +90,7 @@ def run_eval(checkpoint: str, overrides: dict[str, Any], output: str | None = No
 
 
 def format_eval(r: dict[str, Any]) -> str:
+    """The human-readable report of :func:`run_eval`: accuracy, loss, and a bar per spiking layer's rate."""
     lines = [
         f"checkpoint {r['checkpoint']} (epoch {r['epoch']}), {r['model_spec']['name']}, "
         f"{r['parameters'] / 1e6:.3f} M params",
