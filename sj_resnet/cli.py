@@ -211,6 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from .train.threads import prefer_passive_wait
+
+    prefer_passive_wait()  # before torch loads: OpenMP threads sleep at barriers (docs/training.md, "Threads")
 
     missing = _missing_train_packages()
     if missing:

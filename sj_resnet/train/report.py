@@ -14,6 +14,7 @@ import json
 import math
 import resource
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,15 @@ def format_epoch(row: dict[str, Any], epochs: int, mem_kind: str) -> str:
     )
 
 
+def format_eta(row: dict[str, Any], epochs: int, now: datetime | None = None) -> str:
+    """The estimate printed after the first epoch of an invocation: remaining epochs x this epoch's time."""
+    left = epochs - row["epoch"]
+    eta = left * row["epoch_s"]
+    end = (now or datetime.now()) + timedelta(seconds=eta)
+    return (f"  eta:    ~{eta:.0f} s more ({left} epochs x {row['epoch_s']:.1f} s, the first epoch's time), "
+            f"done at about {end:%H:%M:%S}")
+
+
 class Reporter:
     """Rank-0 writer of the run's report files; ``enabled=False`` makes every method a no-op."""
 
@@ -51,6 +61,7 @@ class Reporter:
         self.dir = Path(output_dir)
         self.enabled = enabled
         self.writer = None
+        self.eta_shown = False
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -80,6 +91,9 @@ class Reporter:
         if not self.enabled:
             return
         self.log(format_epoch(row, epochs, mem_kind))
+        if not self.eta_shown and row["epoch"] < epochs:
+            self.eta_shown = True
+            self.log(format_eta(row, epochs))
         self.write_csv(history)
         if self.writer is not None:
             e = row["epoch"]

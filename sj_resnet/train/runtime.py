@@ -7,7 +7,6 @@ same two functions, so an evaluation sees the data exactly as training did.
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 
@@ -16,6 +15,8 @@ from torch.utils.data import DataLoader
 
 from . import distributed
 from .data import DataBundle, ResumableSampler, build_datasets, build_loaders
+from .threads import ThreadChoice, choose_threads
+from .threads import apply as apply_threads
 
 
 @dataclass(frozen=True)
@@ -24,19 +25,18 @@ class Runtime:
 
     info: distributed.DistInfo
     device: torch.device
+    threads: ThreadChoice = ThreadChoice(None, "torch default")
 
     @property
     def is_main(self) -> bool:
         return self.info.is_main
 
 
-def configure_threads(threads: int | None, device: torch.device, info: distributed.DistInfo) -> None:
-    """``--threads``, or split the CPU cores evenly between the processes of a CPU torchrun job."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    elif device.type == "cpu" and info.local_world_size > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cores // info.local_world_size))
+def configure_threads(threads: int | None, device: torch.device, info: distributed.DistInfo) -> ThreadChoice:
+    """Apply the thread policy of :mod:`.threads` (``--threads``, one per core, or cores split between processes)."""
+    choice = choose_threads(threads, device, info.local_world_size)
+    apply_threads(choice)
+    return choice
 
 
 def start_runtime(cfg) -> Runtime:
@@ -44,8 +44,8 @@ def start_runtime(cfg) -> Runtime:
     info = distributed.env_info()
     device = distributed.resolve_device(cfg.device, info)
     distributed.init(info, device)
-    configure_threads(cfg.threads, device, info)
-    return Runtime(info, device)
+    threads = configure_threads(cfg.threads, device, info)
+    return Runtime(info, device, threads)
 
 
 def seed_all(seed: int) -> None:

@@ -324,7 +324,7 @@ class Trainer:
             f"loss {cfg.loss}, amp {cfg.amp}" + (f", clip-grad {cfg.clip_grad:g}" if cfg.clip_grad else "")
         )
         self.reporter.log(
-            f"  device: {self.device} ({torch.get_num_threads()} CPU threads)"
+            f"  device: {self.device} ({torch.get_num_threads()} CPU threads: {self.rt.threads.reason})"
             + (f", recipe {cfg.recipe}" if cfg.recipe else "")
             + (f"; resuming at epoch {self.start_epoch + 1} step {self.start_step}" if self.history or self.start_step
                else "")
