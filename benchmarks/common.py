@@ -25,6 +25,38 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
+# The STBP neuron every benchmark compares: leak 0.25, threshold 0.5, rectangular surrogate of width 1 (alpha 1).
+STBP_DECAY, STBP_V_TH, STBP_ALPHA = 0.25, 0.5, 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# The compared neurons
+# --------------------------------------------------------------------------------------------------
+
+
+def sj_surrogate(name: str) -> torch.nn.Module:
+    """``'Rect'`` -> SpikingJelly ``Rect(alpha=STBP_ALPHA)`` (the STBP surrogate); ``'ATan'`` -> its default ATan."""
+    from spikingjelly.activation_based import surrogate
+
+    if name not in ("Rect", "ATan"):
+        raise ValueError(f"benchmarks compare the Rect and ATan surrogates, not {name!r}")
+    return surrogate.Rect(alpha=STBP_ALPHA) if name == "Rect" else surrogate.ATan()
+
+
+def sj_stbp_lif_kwargs(surrogate_name: str) -> dict:
+    """Keyword arguments that make SpikingJelly 2.0's ``LIFNode`` the STBP neuron: ``h = decay * v + x`` needs
+    ``tau = 1 / (1 - decay)`` with ``decay_input=False``, hard reset to 0."""
+    return dict(tau=1.0 / (1.0 - STBP_DECAY), decay_input=False, v_threshold=STBP_V_TH, v_reset=0.0,
+                surrogate_function=sj_surrogate(surrogate_name))
+
+
+def min_traffic_bytes(T: int, n: int, dtype: torch.dtype, with_backward: bool) -> int:
+    """Bytes a fused neuron kernel must move for ``T`` steps of ``n`` neurons: forward reads x and writes spikes
+    (input dtype) and h (fp32); backward reads grad_s and h and writes grad_x (the same sizes)."""
+    e = torch.empty((), dtype=dtype).element_size()
+    fwd = T * n * (2 * e + 4)
+    return fwd + (T * n * (2 * e + 4) if with_backward else 0)
+
 
 # --------------------------------------------------------------------------------------------------
 # Machine and files

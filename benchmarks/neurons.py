@@ -57,7 +57,7 @@ CUDA_QUICK = {
     "rounds": 7,
 }
 BASELINE = "sj_rect"
-# issue 3 (CUDA backend) targets, fwd+bwd at T in {4, 8} and >= 2^24 neurons
+# the CUDA backend's targets (docs/cuda_backend.md), fwd+bwd at T in {4, 8} and >= 2^24 neurons
 CUDA_TARGETS = {
     "frac_copy_bw_fp32": 0.85,
     "vs_sj_atan": 1.3,
@@ -69,13 +69,6 @@ CUDA_TARGETS = {
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
-
-
-def min_traffic_bytes(T: int, n: int, dtype: torch.dtype, with_backward: bool) -> int:
-    """Bytes a fused kernel must move: forward x, spikes (input dtype) and h (fp32); backward grad_s, h, grad_x."""
-    e = torch.empty((), dtype=dtype).element_size()
-    fwd = T * n * (2 * e + 4)
-    return fwd + (T * n * (2 * e + 4) if with_backward else 0)
 
 
 def measure_config(keys: list[str], T: int, n: int, dtype: torch.dtype, device: torch.device, args) -> list[dict]:
@@ -188,15 +181,15 @@ def _measure_row(row, run, module, t_fwd, t_fb, x, g, xe, ge, refs, args, device
     if k == "sj_flexsn":
         row["flexsn_path"] = flexsn_implementation(module)
     if device.type == "cuda":
-        row["fwd_GBps"] = min_traffic_bytes(T, n, dtype, False) / row["fwd_s"] / 1e9
-        row["fwdbwd_GBps"] = min_traffic_bytes(T, n, dtype, True) / row["fwdbwd_s"] / 1e9
+        row["fwd_GBps"] = common.min_traffic_bytes(T, n, dtype, False) / row["fwd_s"] / 1e9
+        row["fwdbwd_GBps"] = common.min_traffic_bytes(T, n, dtype, True) / row["fwdbwd_s"] / 1e9
         if args.copy_GBps:
             row["fwdbwd_frac_copy_bw"] = row["fwdbwd_GBps"] / args.copy_GBps
     return row
 
 
 def cuda_target_checks(rows: list[dict], impl: str = "ours_cupy") -> list[dict]:
-    """The CUDA backend's targets (issue 3) for ``impl`` at T in {4, 8} and >= 2^24 neurons, one entry per row."""
+    """The CUDA backend's targets for ``impl`` at T in {4, 8} and >= 2^24 neurons, one entry per row."""
     fp32 = {(r["T"], r["neurons"]): r for r in rows if r["impl"] == impl and r["dtype"] == "fp32" and "fwdbwd_s" in r}
     out = []
     for r in rows:
