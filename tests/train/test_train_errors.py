@@ -92,7 +92,7 @@ def test_a_failing_set_up_leaves_no_run_folder(tmp_path, capsys):
 
 
 def test_eval_output_into_a_missing_directory_is_refused_before_evaluating(tmp_path, capsys, trained, monkeypatch):
-    from sj_resnet.train import evaluate as ev
+    from sj_resnet.train import eval_command as ev
 
     def no_evaluation(*a, **k):
         raise AssertionError("evaluated before checking --output")
