@@ -43,24 +43,8 @@ def test_neuron_cpu_writes_ratios(tmp_path):
 
 
 def test_neurons_sweep_rows_and_plots(tmp_path):
-    args = [
-        "--T",
-        "2,3",
-        "--neurons",
-        "8,9",
-        "--base-T",
-        "2",
-        "--base-neurons",
-        "8",
-        "--dtypes",
-        "fp32,bf16",
-        "--rounds",
-        "2",
-        "--err-neurons",
-        "64",
-        "--out-dir",
-        str(tmp_path),
-    ]
+    args = ["--T", "2,3", "--neurons", "8,9", "--base-T", "2", "--base-neurons", "8", "--dtypes", "fp32,bf16",
+            "--rounds", "2", "--err-neurons", "64", "--out-dir", str(tmp_path)]
     assert neurons.main(args) == 0
     p = _load_one(tmp_path, "neurons")
     impls = set(p["config"]["impls"])
@@ -82,19 +66,8 @@ def test_neurons_sweep_rows_and_plots(tmp_path):
 
 
 def test_resnet_quick_and_docs(tmp_path):
-    args = [
-        "--quick",
-        "--rounds",
-        "2",
-        "--warmup",
-        "1",
-        "--no-peak",
-        "--backends",
-        "torch",
-        "--no-plots",
-        "--out-dir",
-        str(tmp_path),
-    ]
+    args = ["--quick", "--rounds", "2", "--warmup", "1", "--no-peak", "--backends", "torch", "--no-plots",
+            "--out-dir", str(tmp_path)]
     assert resnet.main(args) == 0
     p = _load_one(tmp_path, "resnet")
     keys = {r["variant"] for r in p["rows"]}
