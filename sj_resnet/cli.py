@@ -236,11 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from .train import checkpoint as ckpt_io
+    from .train import rundir
     from .train.config import ConfigError, resolve
-    from .train.trainer import Interrupted, train
+    from .train.trainer import Diverged, Interrupted, train
 
     explicit = _explicit(args, ("command", "resume"))
     resume, resume_path = None, None
@@ -250,14 +252,24 @@ def _train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume without a PATH needs --output-dir (the run directory to continue)")
         resume_path = ckpt_io.resolve_path(target)
         resume = ckpt_io.read(resume_path)
+        # a resume writes only into the folder of the run it continues
+        rundir.check_resume_folder(resume_path, resume.get(rundir.RUN_ID_KEY), explicit.get("output_dir"))
     try:
         cfg = resolve(explicit, resume["config"] if resume is not None else None)
     except TypeError as exc:  # a checkpoint config with fields this version does not know
         raise ConfigError(f"checkpoint config does not fit this sj-resnet version: {exc}") from exc
-    if resume is not None and "output_dir" not in explicit:
+    if resume is not None:
         cfg.output_dir = str(Path(resume_path).parent)
+        if int(resume["epoch"]) >= cfg.epochs and int(resume["step_in_epoch"]) == 0:
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+                print(f"sj-resnet: the run in {cfg.output_dir} already finished all {cfg.epochs} epochs; nothing "
+                      "to do (its files are unchanged). To train longer, start a new run with --output-dir.",
+                      flush=True)
+            return 0
     try:
         train(cfg, resume, resume_path)
+    except Diverged as exc:
+        return _error(str(exc))
     except Interrupted:
         return INTERRUPTED_EXIT
     except ValueError as exc:  # bad model/optimizer arguments surface as ValueError from the builders

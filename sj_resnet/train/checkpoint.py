@@ -10,10 +10,11 @@ tensors and tuples for that reason), then checks of the format tag and the keys,
 
 Schema (``last.pt`` and ``best.pt`` alike, built by ``Trainer.checkpoint_state``)::
 
-    format, config, model_spec, model (the trained weights), eval_model (their EMA with --ema-decay, else None),
-    epoch, step_in_epoch, metrics (the epoch's metrics.csv row, None mid-epoch), world_size, torch_version
+    format, run_id (the run's id, also in config.json and summary.json), config, model_spec, model (the trained
+    weights), eval_model (their EMA with --ema-decay, else None), epoch, step_in_epoch, metrics (the epoch's
+    metrics.csv row, None mid-epoch), world_size, torch_version
     + training state (last.pt only): ema, optimizer, scheduler, scaler, rng (one per rank), history,
-      partial_epoch, best, elapsed_s
+      partial_epoch (an interrupted epoch's running sums: loss, accuracy, firing, gradient norm), best, elapsed_s
 
 Evaluation uses ``eval_model`` when present, else ``model``.
 """

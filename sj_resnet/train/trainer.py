@@ -8,7 +8,12 @@ Reliability contract:
   uninterrupted one on the same hardware and settings (mid-epoch resume needs ``--workers 0`` for that);
 * SIGINT/SIGTERM (Ctrl-C, or torchrun stopping its workers) finishes the current step on every rank, writes
   a checkpoint at that step and raises :class:`Interrupted` (the CLI exits with status 130); a second Ctrl-C
-  aborts at once.
+  aborts at once;
+* every run has an id (``config.json``, checkpoints, ``summary.json``); a new run starts only in a folder that
+  holds no artifact of a run, a resume writes only into its own run's folder (:mod:`.rundir`), and stale
+  temporary files of a killed write are removed on start;
+* a non-finite loss or gradient norm is flagged on the device at every step (no host sync) and read once per
+  epoch: the run ends with :class:`Diverged` before anything of that epoch is saved.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ class Interrupted(Exception):
     def __init__(self, path: Path | None) -> None:
         super().__init__(f"interrupted; checkpoint {path}")
         self.path = path
+
+
+class Diverged(RuntimeError):
+    """The loss (or the gradient norm, or the test loss) became non-finite; nothing of that epoch was saved."""
 
 
 class StopRequest:
@@ -85,8 +94,10 @@ class EpochResult:
     interrupted: bool = False
     firing_mean: float = math.nan
     firing: dict[str, float] = field(default_factory=dict)
-    grad_norm: float = math.nan  # mean global gradient norm (before clipping) over this call's steps
+    grad_norm: float = math.nan  # mean global gradient norm (before clipping) over the epoch's steps
     carry: dict = field(default_factory=dict)  # global running totals, to continue a partial epoch after resume
+    nonfinite_steps: int = 0  # steps (summed over ranks) whose loss or gradient norm was NaN/inf
+    first_nonfinite_step: int = -1  # index in the epoch of the first such step on this rank (-1: none)
 
 
 def default_output_dir(cfg: TrainConfig) -> Path:
@@ -147,21 +158,23 @@ class Trainer:
             out = resume_path.parent
         else:
             out = default_output_dir(cfg) if self.is_main else None
-        out = Path(distributed.broadcast_object(str(out) if out is not None else None))
+        # a resumed run keeps its id (a checkpoint from before run ids gets one now)
+        run_id = (resume or {}).get(rundir.RUN_ID_KEY) or (rundir.new_run_id() if self.is_main else None)
+        out_str, self.run_id = distributed.broadcast_object((str(out) if out is not None else None, run_id))
+        out = Path(out_str)
         if self.is_main:
-            if resume is None and (out / ckpt_io.LAST).exists():
-                raise FileExistsError(
-                    f"{out} already holds a checkpoint ({ckpt_io.LAST}); pass --resume {out} to continue "
-                    "that run, or choose another --output-dir"
-                )
+            if resume is None:
+                rundir.check_fresh_folder(out)  # any artifact of a run (not only last.pt) marks the folder
             rundir.check_writable_dir(out)  # the folder itself is created once the set-up has succeeded
         cfg.output_dir = str(out)
         return out
 
     def _create_output_dir(self) -> None:
         """Create the run folder once every set-up step has succeeded (a failed set-up leaves nothing behind)."""
+        self.removed_temp_files: list[str] = []
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            self.removed_temp_files = rundir.remove_stale_temp_files(self.out)  # left by a killed writer
         distributed.barrier()
 
     def _build_data(self) -> None:
@@ -262,6 +275,7 @@ class Trainer:
             return None
         state: dict[str, Any] = {
             "format": ckpt_io.FORMAT,
+            rundir.RUN_ID_KEY: self.run_id,
             "config": self.cfg.to_dict(),
             "model_spec": self.spec,
             "model": self.plain.state_dict(),
@@ -318,9 +332,13 @@ class Trainer:
             + (f"; resuming at epoch {self.start_epoch + 1} step {self.start_step}" if self.history or self.start_step
                else "")
         )
+        if self.removed_temp_files:
+            removed = ", ".join(self.removed_temp_files)
+            self.reporter.log(f"  removed stale temporary files of a killed write: {removed}")
         if self.is_main:
             (self.out / "config.json").write_text(json.dumps(
-                {"config": cfg.to_dict(), "model_spec": self.spec, "world_size": info.world_size}, indent=2) + "\n")
+                {rundir.RUN_ID_KEY: self.run_id, "config": cfg.to_dict(), "model_spec": self.spec,
+                 "world_size": info.world_size}, indent=2) + "\n")
 
     def run(self) -> dict[str, Any]:
         """Train from the start (or resume) epoch to ``cfg.epochs``; returns the summary (also ``summary.json``)."""
@@ -334,6 +352,10 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg.epochs):
                 start = self.start_step if epoch == self.start_epoch else 0
                 res = self.train_epoch(epoch, start, stop)
+                if res.nonfinite_steps:  # before anything of this epoch is saved
+                    step = f" at step {res.first_nonfinite_step}" if res.first_nonfinite_step >= 0 else ""
+                    self._diverged(f"the training loss or gradient norm became non-finite (NaN/inf) in epoch "
+                                   f"{epoch + 1}{step}")
                 elapsed = self.elapsed_before + time.perf_counter() - t_start
                 if res.interrupted and start + res.steps < self.steps_per_epoch:
                     self.partial = res.carry
@@ -344,6 +366,8 @@ class Trainer:
                               self.data.bundle.sequence, self.eval_monitor, cfg.limit_eval_batches, desc="eval",
                               show_progress=self.is_main)
                 last_eval = ev
+                if not math.isfinite(ev.loss):  # e.g. the last step of the epoch made the weights non-finite
+                    self._diverged(f"the test loss became non-finite (NaN/inf) after epoch {epoch + 1}")
                 mem, mem_kind = peak_memory_mib(self.device)
                 row = {
                     "epoch": epoch + 1,
@@ -411,7 +435,11 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
         grad_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
-        earlier_seconds = 0.0
+        # non-finite detection on every step without a host sync: device tensors, read once at the epoch's end
+        step_index = torch.full((), start_step, dtype=torch.long, device=device)
+        nonfinite = torch.zeros((), dtype=torch.float64, device=device)
+        first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)
+        earlier_seconds, earlier_steps = 0.0, 0
         if carry and self.is_main:
             loss_sum += carry["loss_sum"]
             correct += carry["correct"]
@@ -419,6 +447,9 @@ class Trainer:
             monitor.preload(carry["firing_sums"], carry["firing_counts"])
         if carry:
             earlier_seconds = float(carry["seconds"])
+            # the interrupted part's gradient norms, so the epoch's mean is that of all its steps
+            grad_norm_sum += float(carry.get("grad_norm_sum", 0.0))
+            earlier_steps = int(carry.get("grad_norm_steps", 0))
         steps = 0
         interrupted = False
         sync(device)
@@ -439,12 +470,14 @@ class Trainer:
                 raise
             y = y.to(device, non_blocking=True)
             loss, logits = forward_batch(self.model, self.plain, x, y, cfg, device, self.data.bundle.sequence)
-            if steps % 50 == 0 and not torch.isfinite(loss):  # a host sync: only every 50 steps
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at step {start_step + steps} of this epoch; lower --lr, add --clip-grad "
-                    "or --warmup-epochs, or use --amp none"
-                )
-            grad_norm_sum += self._step(loss)
+            norm = self._step(loss)
+            bad = ~torch.isfinite(loss.detach())
+            if not self.scaler.is_enabled():  # with fp16 an inf gradient is the scaler's business (step skipped)
+                bad = bad | ~torch.isfinite(norm)
+            nonfinite += bad.double()
+            first_nonfinite = torch.where(bad & (first_nonfinite < 0), step_index, first_nonfinite)
+            step_index += 1
+            grad_norm_sum += torch.nan_to_num(norm.double(), nan=0.0, posinf=0.0)
             n = y.shape[0]
             loss_sum += loss.detach().double() * n
             correct += (logits.detach().argmax(1) == y).sum().double()
@@ -459,13 +492,16 @@ class Trainer:
             bar.close()
         sync(device)
         seconds = time.perf_counter() - t0 + earlier_seconds
-        totals = torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=device)])
+        totals = torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=device),
+                              nonfinite])
         distributed.all_reduce_sum(totals)
         total_seen = int(totals[2].item())
         fsums, fcounts = monitor.totals()
         firing, firing_mean = monitor.summary()
+        grad_steps = earlier_steps + steps
         carry_out = {"loss_sum": float(totals[0]), "correct": float(totals[1]), "seen": total_seen,
-                     "seconds": seconds, "firing_sums": fsums, "firing_counts": fcounts}
+                     "seconds": seconds, "firing_sums": fsums, "firing_counts": fcounts,
+                     "grad_norm_sum": float(grad_norm_sum), "grad_norm_steps": grad_steps}
         return EpochResult(
             loss=float(totals[0] / max(1, total_seen)) if total_seen else math.nan,
             acc=float(totals[1] / max(1, total_seen)) if total_seen else math.nan,
@@ -475,12 +511,15 @@ class Trainer:
             interrupted=interrupted,
             firing_mean=firing_mean,
             firing=firing,
-            grad_norm=float(grad_norm_sum) / steps if steps else math.nan,
+            grad_norm=float(grad_norm_sum) / grad_steps if grad_steps else math.nan,
             carry=carry_out,
+            nonfinite_steps=int(totals[3].item()),
+            first_nonfinite_step=int(first_nonfinite.item()),
         )
 
     def _step(self, loss: torch.Tensor) -> torch.Tensor:
-        """Backward, optimizer, schedule and EMA step; returns the gradient norm before clipping (no host sync)."""
+        """Backward, optimizer, schedule and EMA step; returns the gradient norm before clipping (a device tensor,
+        no host sync; NaN/inf when the gradients are)."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)  # a no-op without fp16; the norm below is the true (unscaled) one
@@ -490,7 +529,17 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.plain)
-        return torch.nan_to_num(norm.detach().double(), nan=0.0, posinf=0.0)
+        return norm.detach()
+
+    def _diverged(self, what: str) -> None:
+        """End a run whose numbers went non-finite: nothing of the epoch is saved (best.pt, last.pt, metrics)."""
+        kept = (f"{ckpt_io.LAST} and {ckpt_io.BEST} keep epoch {len(self.history)} and {self.best[1]}"
+                if self.history else "no checkpoint was written")
+        self.reporter.close()
+        raise Diverged(
+            f"training diverged: {what}; {kept}. Lower --lr, add --clip-grad or --warmup-epochs, or use --amp none, "
+            "in a new run"
+        )
 
     def _interrupted(self, path: Path | None, epoch: int, step: int) -> None:
         self.reporter.log(
@@ -506,6 +555,7 @@ class Trainer:
         speeds = [r["train_img_s"] for r in h if r["train_img_s"] == r["train_img_s"]]
         return {
             "output_dir": str(self.out),
+            rundir.RUN_ID_KEY: self.run_id,
             "dataset": self.data.bundle.description,
             "model_spec": self.spec,
             "parameters": count_parameters(self.plain),

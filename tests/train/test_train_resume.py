@@ -35,7 +35,11 @@ def _assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a["eval_model"][k], b["eval_model"][k]), k
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
     assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
-    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    # every metric of every epoch, the mid-epoch grad_norm included; only time and memory may differ
+    timing = {"train_img_s", "epoch_s", "peak_mem_mib"}
+    rows_a = [{k: v for k, v in r.items() if k not in timing} for r in a["history"]]
+    rows_b = [{k: v for k, v in r.items() if k not in timing} for r in b["history"]]
+    assert rows_a == rows_b
 
 
 def test_resume_at_epoch_boundary_is_bit_identical(tmp_path):
@@ -138,7 +142,7 @@ def test_mismatched_checkpoints_give_clear_errors(tmp_path, capsys):
     ck = load(run / "last.pt")
     ck["model"].pop("fc.weight")
     torch.save(ck, tmp_path / "surgery.pt")
-    assert cli("train", "--resume", tmp_path / "surgery.pt", "-o", tmp_path / "cont") == 2
+    assert cli("train", "--resume", tmp_path / "surgery.pt") == 2
     assert "fc.weight" in capsys.readouterr().err
     assert (run / "last.pt").read_bytes() == before
 
