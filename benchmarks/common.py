@@ -25,6 +25,42 @@ import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
+# The STBP neuron every benchmark compares: leak 0.25, threshold 0.5, rectangular surrogate of width 1 (alpha 1).
+STBP_DECAY, STBP_V_TH, STBP_ALPHA = 0.25, 0.5, 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# The compared neurons
+# --------------------------------------------------------------------------------------------------
+
+
+def sj_surrogate(name: str) -> torch.nn.Module:
+    """``'Rect'`` -> SpikingJelly ``Rect(alpha=STBP_ALPHA)`` (the STBP surrogate); ``'ATan'`` -> its default ATan."""
+    from spikingjelly.activation_based import surrogate
+
+    if name not in ("Rect", "ATan"):
+        raise ValueError(f"benchmarks compare the Rect and ATan surrogates, not {name!r}")
+    return surrogate.Rect(alpha=STBP_ALPHA) if name == "Rect" else surrogate.ATan()
+
+
+def sj_stbp_lif_kwargs(surrogate_name: str) -> dict:
+    """Keyword arguments that make SpikingJelly 2.0's ``LIFNode`` the STBP neuron: ``h = decay * v + x`` needs
+    ``tau = 1 / (1 - decay)`` with ``decay_input=False``, hard reset to 0."""
+    return dict(tau=1.0 / (1.0 - STBP_DECAY), decay_input=False, v_threshold=STBP_V_TH, v_reset=0.0,
+                surrogate_function=sj_surrogate(surrogate_name))
+
+
+def min_traffic_bytes(T: int, n: int, dtype: torch.dtype, with_backward: bool) -> int:
+    """Bytes a fused kernel must move for the benchmark's call (fresh state, ``v_last`` only, the loss through the
+    spikes, constant decay, fp32 state saved): ``traffic.forward_bytes`` / ``training_step_bytes`` of
+    ``sj_resnet.neuron.backends.cupy.traffic``, the formula the kernel byte-count tests assert."""
+    from sj_resnet.neuron.backends.cupy import traffic
+
+    e = torch.empty((), dtype=dtype).element_size()
+    if with_backward:
+        return traffic.training_step_bytes(T, n, e).total
+    return traffic.forward_bytes(T=T, n=n, x_size=e, state_size=4, saved_size=4, v0=False, store_v_seq=False).total
+
 
 # --------------------------------------------------------------------------------------------------
 # Machine and files

@@ -76,16 +76,21 @@ def machines_section(results: dict) -> list[str]:
     return lines + [""]
 
 
+def _section_start(title: str, intro: str, results: dict, kind: str) -> list[str]:
+    """A section's title and introduction, plus a placeholder when ``results`` holds no ``kind`` run yet."""
+    lines = [f"## {title}", "", intro, ""]
+    if not results[kind]:
+        lines += [f"_No result yet: run `python -m benchmarks.{kind}`._", ""]
+    return lines
+
+
 def neuron_cpu_section(results: dict, out: Path) -> list[str]:
-    lines = [
-        "## Foundation targets: fused `torch` backend vs SpikingJelly `LIFNode(Rect)` on the CPU",
-        "",
+    lines = _section_start(
+        "Foundation targets: fused `torch` backend vs SpikingJelly `LIFNode(Rect)` on the CPU",
         "`python -m benchmarks.neuron_cpu` — float32, forward + backward, fresh zero state per call. "
         "Targets: speed-up **≥ 2×**, bytes saved for backward **≤ 1/3** of SpikingJelly's.",
-        "",
-    ]
-    if not results["neuron_cpu"]:
-        return lines + ["_No result yet: run `python -m benchmarks.neuron_cpu`._", ""]
+        results, "neuron_cpu",
+    )
     for path, p in results["neuron_cpu"]:
         m = p["machine"]
         lines += [
@@ -183,18 +188,15 @@ def _cuda_targets(targets: dict) -> list[str]:
 
 
 def neurons_section(results: dict, out: Path) -> list[str]:
-    lines = [
-        "## Neuron sweep: ours vs SpikingJelly 2.0",
-        "",
+    lines = _section_start(
+        "Neuron sweep: ours vs SpikingJelly 2.0",
         "`python -m benchmarks.neurons [--device cuda]` — implementations: ours `reference` / `torch` / `cupy` "
         "(CUDA); SpikingJelly `LIFNode(Rect)` (the same neuron; SpikingJelly has no kernel for Rect and runs a "
         "Python loop), `LIFNode(ATan)` (a different surrogate, measured because it is SpikingJelly's fast path: "
         "Triton on CUDA), `FlexSN` with an STBP core. Input `x [T, N]`, zero state. Spike mismatch and gradient "
         "error are against the float64 reference with the implementation's own surrogate.",
-        "",
-    ]
-    if not results["neurons"]:
-        return lines + ["_No result yet: run `python -m benchmarks.neurons`._", ""]
+        results, "neurons",
+    )
     for path, p in results["neurons"]:
         m = p["machine"]
         lines += [
@@ -229,18 +231,15 @@ def neurons_section(results: dict, out: Path) -> list[str]:
 def resnet_section(results: dict, out: Path) -> list[str]:
     from .resnet import markdown as resnet_md
 
-    lines = [
-        "## Spiking ResNets: training step and inference",
-        "",
+    lines = _section_start(
+        "Spiking ResNets: training step and inference",
         "`python -m benchmarks.resnet [--device cuda] [--sj-zoo]` — each variant on the same batch, interleaved. "
         "*our arch + SJ LIFNode* is our network with SpikingJelly's neuron injected as `spiking_neuron`, so the "
         "difference to *ours* is the neuron only; *ReLU (floor)* is the same network with ReLU in place of every "
         "neuron, and **neuron cost = step − floor**. CPU targets (narrow `resnet18_cifar`, T=4, 16×16, batch 64): "
         "our neuron cost **≤ 1/3** of SpikingJelly `LIFNode(Rect)`'s and saved bytes **≤ 0.75×**.",
-        "",
-    ]
-    if not results["resnet"]:
-        return lines + ["_No result yet: run `python -m benchmarks.resnet`._", ""]
+        results, "resnet",
+    )
     for path, p in results["resnet"]:
         m = p["machine"]
         lines += [f"### {m['device_name']}, {m['torch_threads']} torch thread(s)", ""]

@@ -33,8 +33,6 @@ from pathlib import Path
 
 import torch
 
-from sj_resnet.neuron.backends.cupy import traffic
-
 from . import common
 from .neuron_impls import (
     COMPILABLE,
@@ -71,16 +69,6 @@ CUDA_TARGETS = {
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
-
-
-def min_traffic_bytes(T: int, n: int, dtype: torch.dtype, with_backward: bool) -> int:
-    """Bytes a fused kernel must move for this benchmark's call (fresh state, ``v_last`` only, the loss through the
-    spikes, constant decay, fp32 state saved): ``traffic.forward_bytes`` / ``training_step_bytes``, the formula
-    the kernel byte-count tests assert."""
-    e = torch.empty((), dtype=dtype).element_size()
-    if with_backward:
-        return traffic.training_step_bytes(T, n, e).total
-    return traffic.forward_bytes(T=T, n=n, x_size=e, state_size=4, saved_size=4, v0=False, store_v_seq=False).total
 
 
 def measure_config(keys: list[str], T: int, n: int, dtype: torch.dtype, device: torch.device, args) -> list[dict]:
@@ -193,8 +181,8 @@ def _measure_row(row, run, module, t_fwd, t_fb, x, g, xe, ge, refs, args, device
     if k == "sj_flexsn":
         row["flexsn_path"] = flexsn_implementation(module)
     if device.type == "cuda":
-        row["fwd_GBps"] = min_traffic_bytes(T, n, dtype, False) / row["fwd_s"] / 1e9
-        row["fwdbwd_GBps"] = min_traffic_bytes(T, n, dtype, True) / row["fwdbwd_s"] / 1e9
+        row["fwd_GBps"] = common.min_traffic_bytes(T, n, dtype, False) / row["fwd_s"] / 1e9
+        row["fwdbwd_GBps"] = common.min_traffic_bytes(T, n, dtype, True) / row["fwdbwd_s"] / 1e9
         if args.copy_GBps:
             row["fwdbwd_frac_copy_bw"] = row["fwdbwd_GBps"] / args.copy_GBps
     return row

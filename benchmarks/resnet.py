@@ -42,7 +42,6 @@ from torch import nn
 
 from . import common
 
-DECAY, V_TH = 0.25, 0.5
 NEURON_COST_TARGET = 1.0 / 3.0
 SAVED_TARGET = 0.75
 OUR_MODELS = ("resnet18_cifar", "resnet18", "resnet19")
@@ -57,12 +56,9 @@ class ReLUNeuron(nn.ReLU):
 
 def sj_lif_factory(surrogate_name: str) -> tuple[Callable[..., nn.Module], dict]:
     """SpikingJelly ``LIFNode`` configured as the STBP neuron, as ``(class, kwargs)`` for a model builder."""
-    from spikingjelly.activation_based import neuron, surrogate
+    from spikingjelly.activation_based import neuron
 
-    sg = surrogate.Rect(alpha=1.0) if surrogate_name == "Rect" else surrogate.ATan()
-    return neuron.LIFNode, dict(
-        tau=1.0 / (1.0 - DECAY), decay_input=False, v_threshold=V_TH, v_reset=0.0, surrogate_function=sg
-    )
+    return neuron.LIFNode, common.sj_stbp_lif_kwargs(surrogate_name)
 
 
 @dataclass(frozen=True)
@@ -93,7 +89,7 @@ def variants_for(model: str, device: torch.device, backends: list[str], sj_zoo: 
 
 def _neuron_args(neuron: str) -> tuple[Callable[..., nn.Module] | None, dict]:
     if neuron in ("torch", "reference", "cupy"):
-        return None, dict(decay=DECAY, v_threshold=V_TH, backend=neuron)
+        return None, dict(decay=common.STBP_DECAY, v_threshold=common.STBP_V_TH, backend=neuron)
     if neuron == "relu":
         return ReLUNeuron, {}
     return sj_lif_factory("Rect" if neuron == "sj_rect" else "ATan")

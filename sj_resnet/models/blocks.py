@@ -2,7 +2,7 @@
 
 Layout convention (the SpikingJelly multi-step convention): a block takes and returns spikes ``[T, N, C, H, W]``.
 Convolutions and BatchNorms see the time-flattened ``[T*N, C, H, W]``, so a ``BatchNorm2d`` normalises every
-channel over ``(T, N, H, W)`` — the "3D-BN" of the source design, numerically the same as ``BatchNorm3d`` on
+channel over ``(T, N, H, W)`` — the statistics of tdBN (Zheng et al. 2021), numerically the same as ``BatchNorm3d`` on
 ``[N, C, T, H, W]``. Neurons see ``[T, N, C, H, W]`` and run over time.
 
 Shortcut (what sets this zoo apart from SpikingJelly's ``spiking_resnet``, SEW, tdBN, TET and MS-ResNet)::

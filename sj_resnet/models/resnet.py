@@ -1,12 +1,12 @@
 """Spiking ResNets with a BatchNorm on every shortcut: ``SpikingResNet`` and its builders.
 
-Data flow (the DESIGN's picture)::
+Data flow::
 
     x [N, C, H, W] (static image)  --stem conv+BN once, repeated T times (exact)--+
     x [T, N, C, H, W] (event data) --stem conv+BN per step------------------------+--> neuron [-> maxpool]
         -> stages of blocks ([T, N, C, H, W] spikes; convs/BNs see [T*N, C, H, W])
         -> global average pool [T, N, C] [-> hidden FC + neuron (ResNet-19)]
-        -> readout: sum over T (default, the source's) or mean -> FC -> logits [N, classes]
+        -> readout: sum over T (default) or mean -> FC -> logits [N, classes]
            (return_sequence=True: FC per step -> [T, N, classes]; readout-reduced over T it equals the logits)
 
 Models are multi-step internally; call ``spikingjelly.activation_based.functional.reset_net(model)`` before

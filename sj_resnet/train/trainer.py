@@ -37,6 +37,7 @@ from .config import TrainConfig
 from .engine import evaluate, forward_batch, progress, sync
 from .firing import FiringRateMonitor
 from .modeling import build_model, check_backend, count_parameters, model_spec
+from .recipes import RECIPE_NOTES
 from .report import Reporter, peak_memory_mib
 from .runtime import build_data, seed_all, start_runtime
 from .schedule import build_ema, build_optimizer, build_scheduler
@@ -323,6 +324,8 @@ class Trainer:
             f"{cfg.epochs} epochs x {self.steps_per_epoch} steps, warmup {cfg.warmup_epochs:g} epochs, cosine; "
             f"loss {cfg.loss}, amp {cfg.amp}" + (f", clip-grad {cfg.clip_grad:g}" if cfg.clip_grad else "")
         )
+        if cfg.recipe:
+            self.reporter.log(f"  recipe: {cfg.recipe}: {RECIPE_NOTES[cfg.recipe]}")
         self.reporter.log(
             f"  device: {self.device} ({torch.get_num_threads()} CPU threads: {self.rt.threads.reason})"
             + (f", recipe {cfg.recipe}" if cfg.recipe else "")

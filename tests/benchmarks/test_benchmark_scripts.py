@@ -43,24 +43,8 @@ def test_neuron_cpu_writes_ratios(tmp_path):
 
 
 def test_neurons_sweep_rows_and_plots(tmp_path):
-    args = [
-        "--T",
-        "2,3",
-        "--neurons",
-        "8,9",
-        "--base-T",
-        "2",
-        "--base-neurons",
-        "8",
-        "--dtypes",
-        "fp32,bf16",
-        "--rounds",
-        "2",
-        "--err-neurons",
-        "64",
-        "--out-dir",
-        str(tmp_path),
-    ]
+    args = ["--T", "2,3", "--neurons", "8,9", "--base-T", "2", "--base-neurons", "8", "--dtypes", "fp32,bf16",
+            "--rounds", "2", "--err-neurons", "64", "--out-dir", str(tmp_path)]
     assert neurons.main(args) == 0
     p = _load_one(tmp_path, "neurons")
     impls = set(p["config"]["impls"])
@@ -82,19 +66,8 @@ def test_neurons_sweep_rows_and_plots(tmp_path):
 
 
 def test_resnet_quick_and_docs(tmp_path):
-    args = [
-        "--quick",
-        "--rounds",
-        "2",
-        "--warmup",
-        "1",
-        "--no-peak",
-        "--backends",
-        "torch",
-        "--no-plots",
-        "--out-dir",
-        str(tmp_path),
-    ]
+    args = ["--quick", "--rounds", "2", "--warmup", "1", "--no-peak", "--backends", "torch", "--no-plots",
+            "--out-dir", str(tmp_path)]
     assert resnet.main(args) == 0
     p = _load_one(tmp_path, "resnet")
     keys = {r["variant"] for r in p["rows"]}
@@ -110,3 +83,30 @@ def test_resnet_quick_and_docs(tmp_path):
     text = out.read_text()
     assert "## Spiking ResNets" in text and "resnet18_cifar" in text
     assert "_No result yet: run `python -m benchmarks.neuron_cpu`._" in text
+
+
+def test_sj_lif_setup_is_the_stbp_neuron():
+    """``common.sj_stbp_lif_kwargs`` makes SpikingJelly's LIFNode compute our neuron (the reference backend)."""
+    import torch
+    from spikingjelly.activation_based import functional, neuron
+
+    from benchmarks import common
+    from sj_resnet import DecayFireNode
+
+    torch.manual_seed(0)
+    x = (torch.rand(6, 4, 33, dtype=torch.float64) * 1.5).requires_grad_()
+    sj = neuron.LIFNode(step_mode="m", **common.sj_stbp_lif_kwargs("Rect"))
+    ours = DecayFireNode(decay=common.STBP_DECAY, v_threshold=common.STBP_V_TH,
+                         surrogate_function=common.sj_surrogate("Rect"), step_mode="m", backend="reference")
+    outs, grads = [], []
+    for node in (sj, ours):
+        functional.reset_net(node)
+        s = node(x)
+        (g,) = torch.autograd.grad((s * torch.linspace(-1, 1, 33, dtype=torch.float64)).sum(), x)
+        outs.append(s.detach())
+        grads.append(g)
+    assert 0 < outs[0].mean() < 1  # some neurons fire, some do not
+    assert torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="Rect and ATan"):
+        common.sj_surrogate("Sigmoid")

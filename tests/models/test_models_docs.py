@@ -1,81 +1,37 @@
-"""The builders table in docs/models.md is computed, not copied: this test recomputes it and compares.
+"""The builders table in docs/models.md is computed, not copied: ``docs/models_table.py`` recomputes it.
 
-Regenerate after changing a model: ``python tests/models/test_models_docs.py`` prints the table; paste it between
-the ``builders-table`` markers of docs/models.md.
-
-Parameters: ``sum(p.numel())``. FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and linear layers,
-2 FLOPs per multiply-add; BN, neurons, pooling and additions are not counted), run on the ``meta`` device so even
-ResNet-152 costs no real compute. Dense-equivalent FLOPs: a spiking layer's real work depends on its firing rate.
+Regenerate after changing a model: ``python docs/models_table.py --write``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
-import re
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
-from sj_resnet.models import create_model
-
-DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "models.md"
-START, END = "<!-- builders-table:start -->", "<!-- builders-table:end -->"
-
-# builder -> (classes, input size, literature reference for the same architecture family)
-ROWS = {
-    "resnet18": (1000, 224, "Spiking ResNet-18, ImageNet 62.32 % at T=4 (Fang et al. 2021, SEW ResNet paper)"),
-    "resnet34": (1000, 224, "tdBN ResNet-34, ImageNet 63.72 % at T=6 (Zheng et al. 2021)"),
-    "resnet50": (1000, 224, ""),
-    "resnet101": (1000, 224, ""),
-    "resnet152": (1000, 224, ""),
-    "resnet19": (10, 32, "tdBN ResNet-19, CIFAR-10 93.16 % at T=6 (Zheng et al. 2021)"),
-    "resnet18_cifar": (10, 32, ""),
-}
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "docs" / "models_table.py"
 
 
-def _gflops(name: str, classes: int, size: int, T: int) -> float:
-    with torch.device("meta"):
-        model = create_model(name, num_classes=classes, T=T)
-        x = torch.empty(1, 3, size, size)
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-    return counter.get_total_flops() / 1e9
-
-
-def builders_table() -> str:
-    head = (
-        "| builder | classes, input | params | identity-shortcut BN params | GFLOPs per step (T=1) "
-        "| GFLOPs, static input, T=4 | literature reference (architecture family) |\n"
-        "|---|---|---:|---:|---:|---:|---|"
-    )
-    lines = [head]
-    for name, (classes, size, ref) in ROWS.items():
-        with torch.device("meta"):
-            model = create_model(name, num_classes=classes)
-        params = sum(p.numel() for p in model.parameters())
-        id_bn = sum(
-            sum(p.numel() for p in b.shortcut.parameters())
-            for s in model.stages()
-            for b in s
-            if isinstance(b.shortcut, nn.BatchNorm2d)
-        )
-        g1, g4 = _gflops(name, classes, size, 1), _gflops(name, classes, size, 4)
-        lines.append(
-            f"| `{name}` | {classes}, {size}x{size} | {params / 1e6:.2f} M | {id_bn:,} | {g1:.2f} | {g4:.2f} "
-            f"| {ref or '—'} |"
-        )
-    return "\n".join(lines)
+def _script():
+    spec = importlib.util.spec_from_file_location("models_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_docs_builders_table_is_current():
-    text = DOC.read_text(encoding="utf-8")
-    match = re.search(re.escape(START) + r"\n(.*?)\n" + re.escape(END), text, re.S)
-    assert match, f"{DOC} lacks the {START} ... {END} block"
-    assert match.group(1).strip() == builders_table(), (
-        "docs/models.md's builders table is stale; regenerate it with `python tests/models/test_models_docs.py`"
+    table = _script()
+    documented = table.documented_table()
+    assert documented is not None, f"{table.DOC} lacks the {table.START} ... {table.END} block"
+    assert documented == table.builders_table(), (
+        "docs/models.md's builders table is stale; regenerate it with `python docs/models_table.py --write`"
     )
 
 
-if __name__ == "__main__":
-    print(builders_table())
+def test_write_replaces_only_the_table(tmp_path):
+    table = _script()
+    doc = tmp_path / "models.md"
+    doc.write_text(f"before\n{table.START}\n| stale |\n{table.END}\nafter\n", encoding="utf-8")
+    table.write_table(doc)
+    text = doc.read_text(encoding="utf-8")
+    assert text.startswith("before\n") and text.endswith("after\n") and "| stale |" not in text
+    assert table.documented_table(doc) == table.builders_table()
