@@ -13,7 +13,8 @@ an extra ``nice 19`` busy loop. So:
 * the ``sj-resnet`` command sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads (:func:`prefer_passive_wait`;
   an explicit ``OMP_WAIT_POLICY`` in the environment wins), and
 * uses one thread per available core (torch's own default), split evenly between the processes of a CPU
-  ``torchrun`` job; ``--threads N`` overrides.
+  ``torchrun`` job; ``--threads N`` overrides. Where the wait is not passive (torch loaded before the CLI ran,
+  e.g. ``sj_resnet.cli.main`` called in-process), a single process keeps the thread count it was given.
 
 The thread count is fixed by the machine, not by its load at start, so the same command on the same machine
 runs the same trajectory (a different thread count changes the float summation order, hence the trajectory).
@@ -75,6 +76,12 @@ def choose_threads(requested: int | None, device: torch.device, local_world_size
     if local_world_size > 1:
         return ThreadChoice(max(1, cores // local_world_size),
                             f"{cores} cores split between {local_world_size} processes; {wait_policy()}")
+    if os.environ.get(WAIT_POLICY_ENV, "").upper() != "PASSIVE":
+        # torch was loaded before the CLI could ask for passive waits (e.g. sj-resnet called in-process): threads
+        # that spin are the busy-host trap, so keep the caller's thread count instead of one per core
+        import torch
+
+        return ThreadChoice(None, f"kept at {torch.get_num_threads()}; {wait_policy()}")
     return ThreadChoice(cores, f"one per core; {wait_policy()}")
 
 

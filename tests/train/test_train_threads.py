@@ -18,11 +18,20 @@ CPU = torch.device("cpu")
 
 def test_one_thread_per_core_split_between_processes(monkeypatch):
     monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    monkeypatch.setenv(threads.WAIT_POLICY_ENV, "PASSIVE")
     assert threads.choose_threads(None, CPU).threads == 4
     assert threads.choose_threads(3, CPU).threads == 3
     assert threads.choose_threads(None, torch.device("cuda")).threads is None
     split = threads.choose_threads(None, CPU, local_world_size=3)
     assert split.threads == 1 and "4 cores split between 3 processes" in split.reason
+
+
+def test_spinning_threads_keep_the_callers_count(monkeypatch):
+    """Without passive waits (torch loaded first, e.g. in-process), one process keeps its thread count."""
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    monkeypatch.delenv(threads.WAIT_POLICY_ENV, raising=False)
+    choice = threads.choose_threads(None, CPU)
+    assert choice.threads is None and "kept at" in choice.reason and "active spin" in choice.reason
 
 
 def test_wait_policy_is_reported(monkeypatch):
