@@ -50,14 +50,6 @@ def sj_stbp_lif_kwargs(surrogate_name: str) -> dict:
                 surrogate_function=sj_surrogate(surrogate_name))
 
 
-def min_traffic_bytes(T: int, n: int, dtype: torch.dtype, with_backward: bool) -> int:
-    """Bytes a fused neuron kernel must move for ``T`` steps of ``n`` neurons: forward reads x and writes spikes
-    (input dtype) and h (fp32); backward reads grad_s and h and writes grad_x (the same sizes)."""
-    e = torch.empty((), dtype=dtype).element_size()
-    fwd = T * n * (2 * e + 4)
-    return fwd + (T * n * (2 * e + 4) if with_backward else 0)
-
-
 # --------------------------------------------------------------------------------------------------
 # Machine and files
 # --------------------------------------------------------------------------------------------------

@@ -6,13 +6,20 @@
 # Steps (env STEPS selects a subset, in this order):
 #   env      versions, nvidia-smi
 #   wheels   pip install --no-index --no-deps --target /tmp/sjr_site $WHEELS/*.whl (spikingjelly 2.0.0, loguru)
-#   tests    pytest -m gpu (tests/gpu and every gpu-marked test of the suite)
+#   warm     python -m benchmarks.gpu.warm_cache: every CUDA module compiled in parallel into CUPY_CACHE_DIR
+#   tests    pytest -m gpu (tests/gpu and every gpu-marked test of the suite) with SJR_REQUIRE_GPU=1: a skip fails
+#   index64  python -m benchmarks.gpu.stress_checks index64: bf16, T=2, n = 2^30+4 (vector) and 2^30+1 (scalar),
+#            first and last 2^20 neurons of each step vs the torch backend
+#   flips    python -m benchmarks.gpu.stress_checks flips: continuous inputs, learned per-channel decay, every
+#            surrogate, fp32/bf16: spike flips vs the float64 reference (none allowed away from the threshold)
 #   memcheck compute-sanitizer --tool memcheck on benchmarks/gpu/memcheck_run.py (torch caching + CuPy pool
 #            off), plus a planted out-of-bounds launch that memcheck must catch
 #   neurons  python -m benchmarks.neurons on cuda: ours cupy/torch vs SJ LIFNode(Rect), LIFNode(ATan) (Triton),
 #            FlexSN; T in {2,4,8,16}, 2^24 neurons, fp32/bf16/fp16, copy bandwidth in the same run
-#   kernels  python -m benchmarks.gpu.kernel_bench: kernel roofline + the issue's targets (uses the neurons JSON)
-# Env: OUT (default ./gpu_out), DRY=1 (same as --dry-run), STEPS, WHEELS (default .whl), PY (default python3).
+#   kernels  python -m benchmarks.gpu.kernel_bench: kernel roofline (fwd/infer/fp16-state/bwd phases and a node
+#            fwd+bwd after reset_net) + the targets (uses the neurons JSON)
+# Env: OUT (default ./gpu_out), DRY=1 (same as --dry-run), STEPS, WHEELS (default .whl), PY (default python3),
+#      CUPY_CACHE_DIR (default .cupy_cache in the working tree: carry it to the next run and nothing recompiles).
 # --dry-run runs end to end on a CPU machine: GPU-only steps are skipped, benchmarks use tiny CPU sizes.
 # Exit status: 0 when every step that ran succeeded.
 set -uo pipefail
@@ -23,19 +30,21 @@ DRY=${DRY:-0}
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
-        -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
 OUT=${OUT:-./gpu_out}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
-STEPS=${STEPS:-"env wheels tests memcheck neurons kernels"}
+STEPS=${STEPS:-"env wheels warm tests index64 flips memcheck neurons kernels"}
 WHEELS=${WHEELS:-.whl}
 PY=${PY:-python3}
 LOG="$OUT/gpu_check.log"
 : >"$LOG"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+[[ $DRY -eq 1 ]] || export SJR_REQUIRE_GPU=1  # a real run: a skipped gpu test is a failure
+export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-$REPO/.cupy_cache}
 STATUS=0
 SUMMARY=()
 
@@ -124,6 +133,9 @@ if want wheels; then
         skip_step wheels "no $WHEELS/*.whl"
     fi
 fi
+if want warm; then
+    if [[ $DRY -eq 1 ]]; then skip_step warm "needs a GPU"; else run_step warm "$PY" -m benchmarks.gpu.warm_cache; fi
+fi
 if want tests; then
     if [[ $DRY -eq 1 ]]; then
         run_step tests "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/gpu
@@ -131,6 +143,15 @@ if want tests; then
         run_step tests "$PY" -m pytest -q -p no:cacheprovider -m gpu tests
     fi
 fi
+for check in index64 flips; do
+    if want "$check"; then
+        if [[ $DRY -eq 1 ]]; then
+            run_step "$check" "$PY" -m benchmarks.gpu.stress_checks "$check" --out "$OUT" --dry-run
+        else
+            run_step "$check" "$PY" -m benchmarks.gpu.stress_checks "$check" --out "$OUT"
+        fi
+    fi
+done
 if want memcheck; then
     if [[ $DRY -eq 1 ]]; then skip_step memcheck "needs a GPU"; else run_step memcheck step_memcheck; fi
 fi
@@ -157,7 +178,9 @@ fi
     echo "| step | exit code | time |"
     echo "|---|---|---|"
     printf '%s\n' "${SUMMARY[@]}"
-    if [[ -f "$OUT/kernels.md" ]]; then echo; cat "$OUT/kernels.md"; fi
+    for md in index64 flips kernels; do
+        if [[ -f "$OUT/$md.md" ]]; then echo; cat "$OUT/$md.md"; fi
+    done
 } >"$OUT/summary.md"
 echo "gpu_check: status=$STATUS; wrote $OUT/summary.md" | tee -a "$LOG"
 exit $STATUS

@@ -161,7 +161,7 @@ def _headline_neurons(p: dict) -> list[str]:
 
 
 def _cuda_targets(targets: dict) -> list[str]:
-    """The CUDA backend's targets per (dtype, T, neurons) of our cupy backend."""
+    """The CUDA backend's targets (docs/cuda_backend.md) per (dtype, T, neurons) of our cupy backend."""
     th = targets["thresholds"]
     lines = [
         f"CUDA backend targets (fwd+bwd, T ∈ {{4, 8}}, ≥ 2^24 neurons): fp32 ≥ {th['frac_copy_bw_fp32']:.0%} of "

@@ -16,9 +16,9 @@ Per configuration and implementation it records:
 - ``peak_bytes``: peak memory of one forward + backward above the starting level;
 - ``spike_mismatch`` and ``grad_max_err``: spikes and ``dL/dx`` against the float64 reference (``decay_fire_reference``
   with the implementation's own surrogate) on the first ``--err-neurons`` neurons;
-- on CUDA: ``fwdbwd_GBps``, the minimum traffic of a fused kernel (x, spikes, fp32 h forward; grad_s, h,
-  grad_x backward = ``T*N*(4*e + 8)`` bytes, ``e`` the input element size) divided by the time, and its fraction of
-  the measured device copy bandwidth (``copy_GBps``).
+- on CUDA: ``fwdbwd_GBps``, the minimum traffic of a fused kernel (``sj_resnet.neuron.backends.cupy.traffic``:
+  x, spikes, fp32 h and v_last forward; grad_s, h, grad_x backward = ``T*N*(4*e + 8) + 4*N`` bytes, ``e`` the
+  input element size) divided by the time, and its fraction of the measured device copy bandwidth (``copy_GBps``).
 
 Writes ``neurons-<device>-<date>.json``, ``.md`` and ``.png`` plots under ``--out-dir`` (default
 ``benchmarks/results``). ``--quick`` (a smoke run) finishes in under a minute on a 2-core CPU.
@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from sj_resnet.neuron.backends.cupy import traffic
 
 from . import common
 from .neuron_impls import (
@@ -69,6 +71,16 @@ CUDA_TARGETS = {
 
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
+
+
+def min_traffic_bytes(T: int, n: int, dtype: torch.dtype, with_backward: bool) -> int:
+    """Bytes a fused kernel must move for this benchmark's call (fresh state, ``v_last`` only, the loss through the
+    spikes, constant decay, fp32 state saved): ``traffic.forward_bytes`` / ``training_step_bytes``, the formula
+    the kernel byte-count tests assert."""
+    e = torch.empty((), dtype=dtype).element_size()
+    if with_backward:
+        return traffic.training_step_bytes(T, n, e).total
+    return traffic.forward_bytes(T=T, n=n, x_size=e, state_size=4, saved_size=4, v0=False, store_v_seq=False).total
 
 
 def measure_config(keys: list[str], T: int, n: int, dtype: torch.dtype, device: torch.device, args) -> list[dict]:
@@ -181,15 +193,16 @@ def _measure_row(row, run, module, t_fwd, t_fb, x, g, xe, ge, refs, args, device
     if k == "sj_flexsn":
         row["flexsn_path"] = flexsn_implementation(module)
     if device.type == "cuda":
-        row["fwd_GBps"] = common.min_traffic_bytes(T, n, dtype, False) / row["fwd_s"] / 1e9
-        row["fwdbwd_GBps"] = common.min_traffic_bytes(T, n, dtype, True) / row["fwdbwd_s"] / 1e9
+        row["fwd_GBps"] = min_traffic_bytes(T, n, dtype, False) / row["fwd_s"] / 1e9
+        row["fwdbwd_GBps"] = min_traffic_bytes(T, n, dtype, True) / row["fwdbwd_s"] / 1e9
         if args.copy_GBps:
             row["fwdbwd_frac_copy_bw"] = row["fwdbwd_GBps"] / args.copy_GBps
     return row
 
 
 def cuda_target_checks(rows: list[dict], impl: str = "ours_cupy") -> list[dict]:
-    """The CUDA backend's targets for ``impl`` at T in {4, 8} and >= 2^24 neurons, one entry per row."""
+    """The CUDA backend's targets (docs/cuda_backend.md) for ``impl`` at T in {4, 8} and >= 2^24 neurons, one entry
+    per row."""
     fp32 = {(r["T"], r["neurons"]): r for r in rows if r["impl"] == impl and r["dtype"] == "fp32" and "fwdbwd_s" in r}
     out = []
     for r in rows:

@@ -6,38 +6,40 @@ Usage::
         [--dtypes fp32,bf16,fp16] [--neurons-json DIR/neurons-*.json]
 
 Times the backend contract directly (``forward`` and ``backward`` of ``cupy`` and ``torch``, inputs
-preallocated, no autograd), so the numbers are the kernels' own: CUDA events around ``inner`` back-to-back
-calls, implementations interleaved round by round, medians. Bytes counted are the minimum any fused
-implementation must move (per neuron-step, ``e`` = input element size, state fp32)::
+preallocated, no autograd), so the numbers are the kernels' own, plus one node-level phase: a
+``DecayFireNode`` forward + backward right after ``functional.reset_net`` (fresh state, the whole op).
+Interleaved medians (``benchmarks.common.interleaved_medians``: CUDA events, rotated order). Phases:
 
-    forward:  x (e) + spikes (e) + h (4)          fp32: 12 B   bf16/fp16: 8 B
-    backward: grad_s (e) + h (4) + grad_x (e)     fp32: 12 B   bf16/fp16: 8 B
+    fwd           training forward, h saved in fp32         fwd-fp16   training forward, float16 h - v_th saved
+    fwd-infer     inference forward (spikes + v_last)       bwd-<sg>   backward from the fp32 state (Rect, ATan)
+    bwd-ATan-fp16 backward from the float16 state           node       node fwd + bwd after reset_net (ATan)
 
-and the fraction is of the device-to-device copy bandwidth measured in the same run (read + write).
-With ``--neurons-json`` (the output of ``python -m benchmarks.neurons``) it also evaluates the issue's
-op-level targets at T in {4, 8}: fp32 fwd+bwd >= 85 % of the copy roofline, >= 1.3x SpikingJelly LIFNode(ATan),
->= 10x LIFNode(Rect), faster than FlexSN, bf16/fp16 >= 1.6x our fp32. Writes ``kernels.json`` and
-``kernels.md`` into ``--out``. ``--dry-run`` runs on the CPU with tiny sizes (torch backend only) so the
-script itself is tested without a GPU.
+Bytes per phase are the minimum of ``sj_resnet.neuron.backends.cupy.traffic`` (the formula the byte-count
+tests assert for the kernels: fresh state, ``v_last`` only, a dense spike gradient, no ``grad_v0``, constant
+decay), and the fraction is of the device-to-device copy bandwidth measured in the same run (read + write).
+With ``--neurons-json`` (the output of ``python -m benchmarks.neurons``) it also evaluates the op-level targets
+at T in {4, 8}: fp32 fwd+bwd >= 85 % of the copy roofline, >= 1.3x SpikingJelly LIFNode(ATan), >= 10x
+LIFNode(Rect), faster than FlexSN, bf16/fp16 >= 1.6x our fp32. Writes ``kernels.json`` and ``kernels.md``
+into ``--out``. ``--dry-run`` runs on the CPU with tiny sizes (torch backend only) so the script itself is
+tested without a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import synchronize as sync
-from benchmarks.common import time_calls
+from benchmarks import common
+from sj_resnet.neuron.backends.cupy import traffic
+from sj_resnet.neuron.params import DecayFireParams
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SURROGATES = {"Rect": 0, "ATan": 2}
+SURROGATES = {"Rect": (0, 1.0), "ATan": (2, 2.0)}
 TARGET_T = (4, 8)
 
 
@@ -45,56 +47,64 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
-def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, rounds: int, inner: int) -> dict:
-    """Median seconds per call of each function; every round times each function once, in rotated order."""
-    names = list(fns)
-    for name in names:  # warm-up (compiles kernels on first use)
-        fns[name]()
-        fns[name]()
-    sync(device)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            samples[name].append(time_calls(fns[name], inner, device))
-    return {n: {"median_s": statistics.median(s), "min_s": min(s), "samples_s": s} for n, s in samples.items()}
+def _params(sid: int, alpha: float, saved_state: str = "fp32") -> DecayFireParams:
+    return DecayFireParams(v_threshold=0.5, surrogate_id=sid, alpha=alpha, detach_reset=False, store_v_seq=False,
+                           saved_state=saved_state)
 
 
-def copy_bandwidth(device: torch.device, nbytes: int, rounds: int) -> float:
-    """Device copy bandwidth in bytes/s, read + write counted."""
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
-    dst = torch.empty_like(src)
-    res = interleaved({"copy": lambda: dst.copy_(src)}, device, rounds, inner=5)
-    return 2 * nbytes / res["copy"]["median_s"]
-
-
-def min_bytes(T: int, n: int, dtype: torch.dtype) -> tuple[int, int]:
-    """Minimum bytes of forward and of backward (see the module docstring)."""
+def phase_bytes(phase: str, T: int, n: int, dtype: torch.dtype) -> int:
+    """Minimum bytes of one benchmark phase (``traffic`` formulas; see the module docstring)."""
     e = torch.empty((), dtype=dtype).element_size()
-    return T * n * (2 * e + 4), T * n * (2 * e + 4)
+    saved = 2 if phase.endswith("fp16") else (0 if phase == "fwd-infer" else 4)
+    if phase == "node":
+        return traffic.training_step_bytes(T, n, e).total
+    if phase.startswith("fwd"):
+        return traffic.forward_bytes(T=T, n=n, x_size=e, state_size=4, saved_size=saved, v0=False,
+                                     store_v_seq=False).total
+    return traffic.backward_bytes(T=T, n=n, grad_size=e, state_size=4, saved_size=saved, grad_spike_elems=T * n,
+                                  grad_v_elems=0, grad_v0=False, decay_grad=False, v0=False).total
 
 
 def backends_for(device: torch.device) -> tuple[dict, dict]:
-    from sj_resnet.neuron.backends import cupy_available, get_backend
+    from sj_resnet.neuron.backends import cupy as cupy_backend
+    from sj_resnet.neuron.backends import get_backend
 
     found, skipped = {"torch": get_backend("torch")}, {}
-    if device.type == "cuda" and cupy_available():
+    reason = cupy_backend.probe(device) if device.type == "cuda" else "needs a CUDA device and CuPy"
+    if reason is None:
         found["cupy"] = get_backend("cupy")
     else:
-        skipped["cupy"] = "needs a CUDA device and CuPy"
+        skipped["cupy"] = reason
     return found, skipped
 
 
-def config_calls(found: dict, x, gs, v0, gv, decay) -> dict[str, Callable[[], object]]:
-    """``{"<backend>/fwd" | "<backend>/bwd-<surrogate>": call}`` for one input configuration."""
+def config_calls(found: dict, x, gs, decay) -> dict[str, Callable[[], object]]:
+    """``{"<backend>/<phase>": call}`` for one input configuration."""
+    from spikingjelly.activation_based import functional, surrogate
+
+    from sj_resnet import DecayFireNode
+
     fns = {}
     for bname, mod in found.items():
-        h = mod.forward(x, v0, decay, 0.5, False)[2]
-        fns[f"{bname}/fwd"] = lambda mod=mod: mod.forward(x, v0, decay, 0.5, False)
-        for sname, sid in SURROGATES.items():
-            alpha = 2.0 if sname == "ATan" else 1.0
-            fns[f"{bname}/bwd-{sname}"] = lambda mod=mod, h=h, sid=sid, alpha=alpha: mod.backward(
-                gs, gv, h, v0, decay, 0.5, sid, alpha, False, False, False
-            )
+        saved = {kind: mod.forward(x, None, decay, _params(0, 1.0, kind), True)[2] for kind in ("fp32", "fp16")}
+        fns[f"{bname}/fwd"] = lambda mod=mod: mod.forward(x, None, decay, _params(0, 1.0), True)
+        fns[f"{bname}/fwd-fp16"] = lambda mod=mod: mod.forward(x, None, decay, _params(0, 1.0, "fp16"), True)
+        fns[f"{bname}/fwd-infer"] = lambda mod=mod: mod.forward(x, None, decay, _params(0, 1.0), False)
+        backward_cases = {f"bwd-{name}": (_params(sid, alpha), "fp32") for name, (sid, alpha) in SURROGATES.items()}
+        backward_cases["bwd-ATan-fp16"] = (_params(2, 2.0, "fp16"), "fp16")
+        for phase, (p, kind) in backward_cases.items():
+            fns[f"{bname}/{phase}"] = lambda mod=mod, p=p, h=saved[kind]: mod.backward(gs, None, h, None, decay, p,
+                                                                                      False, False)
+        node = DecayFireNode(decay=0.25, v_threshold=0.5, surrogate_function=surrogate.ATan(), step_mode="m",
+                             backend=bname)
+        xg = x.detach().requires_grad_(True)
+
+        def node_step(node=node, xg=xg):
+            functional.reset_net(node)
+            xg.grad = None
+            node(xg).backward(gs)
+
+        fns[f"{bname}/node"] = node_step
     return fns
 
 
@@ -108,22 +118,19 @@ def measure(args, device: torch.device) -> dict:
             g = torch.Generator(device=device).manual_seed(T)
             x = (torch.randn(T, n, generator=g, device=device) * 0.6 + 0.3).to(dtype)
             gs = torch.randn(T, n, generator=g, device=device).to(dtype)
-            v0 = torch.zeros(n, device=device)
-            gv = torch.zeros(n, device=device)
             decay = torch.tensor(0.25, device=device)
-            fns = config_calls(found, x, gs, v0, gv, decay)
-            res = interleaved(fns, device, args.rounds, args.inner)
-            fwd_b, bwd_b = min_bytes(T, n, dtype)
+            fns = config_calls(found, x, gs, decay)
+            res = common.interleaved_medians(fns, device, rounds=args.rounds, warmup=2, min_sample_s=args.min_sample_s)
             for key, r in res.items():
                 bname, phase = key.split("/")
-                nbytes = fwd_b if phase == "fwd" else bwd_b
+                nbytes = phase_bytes(phase, T, n, dtype)
                 row = {"backend": bname, "phase": phase, "dtype": dname, "T": T, "neurons": n,
                        "median_s": r["median_s"], "min_s": r["min_s"], "min_bytes": nbytes,
                        "GBps": nbytes / r["median_s"] / 1e9}
                 if args.copy_GBps:
                     row["frac_copy_bw"] = row["GBps"] / args.copy_GBps
                 rows.append(row)
-                print(f"  {dname} T={T:<2d} {key:16s} {r['median_s'] * 1e3:9.3f} ms  {row['GBps']:8.1f} GB/s"
+                print(f"  {dname} T={T:<2d} {key:20s} {r['median_s'] * 1e3:9.3f} ms  {row['GBps']:8.1f} GB/s"
                       + (f"  {100 * row['frac_copy_bw']:5.1f} % of copy" if args.copy_GBps else ""), flush=True)
             del x, gs, fns
             if device.type == "cuda":
@@ -204,18 +211,6 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine(device: torch.device) -> dict:
-    info = {"device": str(device), "torch": torch.__version__, "python": platform.python_version()}
-    info["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    try:
-        import cupy
-
-        info["cupy"] = cupy.__version__
-    except ImportError:
-        info["cupy"] = None
-    return info
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("gpu_out"))
@@ -224,22 +219,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log2-neurons", type=int, default=24)
     p.add_argument("--dtypes", type=lambda s: s.split(","), default=["fp32", "bf16", "fp16"])
     p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--inner", type=int, default=10)
+    p.add_argument("--min-sample-s", type=float, default=0.02, help="each timed sample lasts about this long")
     p.add_argument("--neurons-json", type=Path, default=None, help="a benchmarks.neurons JSON for op-level targets")
     args = p.parse_args(argv)
     if args.dry_run:
         device = torch.device("cpu")
-        args.T, args.log2_neurons, args.rounds, args.inner = [2, 4], 12, 3, 2
+        args.T, args.log2_neurons, args.rounds, args.min_sample_s = [2, 4], 12, 3, 0.0
     else:
         if not torch.cuda.is_available():
             print("no CUDA device; use --dry-run", file=sys.stderr)
             return 2
         device = torch.device("cuda")
     args.out.mkdir(parents=True, exist_ok=True)
-    info = machine(device)
+    info = common.machine_info(device)
     args.copy_GBps = None
     if device.type == "cuda":
-        args.copy_GBps = copy_bandwidth(device, 1 << 30, rounds=10) / 1e9
+        args.copy_GBps = common.copy_bandwidth(device, 1 << 30, rounds=10) / 1e9
         info["copy_GBps"] = args.copy_GBps
         print(f"copy bandwidth {args.copy_GBps:.0f} GB/s", flush=True)
     result = measure(args, device)
@@ -247,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.neurons_json is not None and args.neurons_json.is_file():
         targets += op_targets(json.loads(args.neurons_json.read_text()))
     payload = {"benchmark": "kernels", "machine": info, "config": {"T": args.T, "log2_neurons": args.log2_neurons,
-               "dtypes": args.dtypes, "rounds": args.rounds, "inner": args.inner, "dry_run": args.dry_run},
+               "dtypes": args.dtypes, "rounds": args.rounds, "min_sample_s": args.min_sample_s,
+               "dry_run": args.dry_run},
                "rows": result["rows"], "skipped": result["skipped"], "targets": targets}
     (args.out / "kernels.json").write_text(json.dumps(payload, indent=1))
     (args.out / "kernels.md").write_text(markdown(payload))

@@ -4,7 +4,9 @@ Run as ``compute-sanitizer --tool memcheck --error-exitcode 3 python -m benchmar
 with ``PYTORCH_NO_CUDA_MEMORY_CACHING=1`` so every torch tensor is its own exact-size ``cudaMalloc``
 (an access past a tensor's end then leaves the allocation and memcheck reports it); CuPy's memory pool
 is switched off too. Shapes leave partial last blocks and take the vector and the scalar path; every
-dtype and surrogate, detach_reset and store_v_seq both ways, per-layer and per-channel decay.
+dtype and surrogate, detach_reset, store_v_seq and the saved kind both ways, per-layer decay on contiguous
+inputs with a fresh state and expanded or absent gradients, per-channel decay on channels_last inputs with a
+carried state.
 ``--plant`` launches one forward claiming 64 neurons more than the buffers hold: memcheck must fail it
 (proof that the sanitizer is watching).
 """
@@ -26,17 +28,18 @@ def main() -> int:
         print("warning: PYTORCH_NO_CUDA_MEMORY_CACHING=1 is not set; out-of-bounds accesses inside torch's "
               "cached blocks go unnoticed", file=sys.stderr)
     from sj_resnet.neuron.backends import cupy as backend
-    from sj_resnet.neuron.backends.cupy import kernels, load_launcher
+    from sj_resnet.neuron.backends.cupy import launch_plans, load_launcher
+    from sj_resnet.neuron.params import DecayFireParams
 
     dev = torch.device("cuda")
     if "--plant" in sys.argv:
         x = torch.randn(3, 1000, device=dev)
-        v0 = torch.zeros(1000, device=dev)
         decay = torch.tensor(0.5, device=dev)
-        spike, h, v = torch.empty_like(x), torch.empty_like(x), torch.empty_like(v0)
-        plan = kernels.forward_launch(
-            "float32", 1, False, x=x.data_ptr(), v0=v0.data_ptr(), decay=decay.data_ptr(), spike=spike.data_ptr(),
-            h_seq=h.data_ptr(), v_out=v.data_ptr(), v_threshold=0.5, n=1064, T=3, inner=1, channels=1,
+        spike, h, v = torch.empty_like(x), torch.empty_like(x), torch.empty(1000, device=dev)
+        plan = launch_plans.forward_launch(
+            "float32", 1, launch_plans.SAVE_STATE, x=x.data_ptr(), v0=0, decay=decay.data_ptr(),
+            spike=spike.data_ptr(), saved=h.data_ptr(), v_out=v.data_ptr(), v_threshold=0.5, n=1064, T=3,
+            channel_stride=1, channels=1, v_every_step=False,
         )
         load_launcher().launch(plan, dev)
         torch.cuda.synchronize()
@@ -47,17 +50,28 @@ def main() -> int:
         for shape in ((3, 2, 4, 6, 6), (4, 3, 5, 7, 3)):  # 288 (vector path) and 315 (scalar) neurons per step
             for per_channel in (False, True):
                 x = torch.randn(shape, device=dev).to(dtype)
-                v0 = torch.randn(shape[1:], device=dev, dtype=sdt) * 0.1
+                if per_channel:  # channels_last steps: in place, channel stride 1
+                    x = torch.randn((shape[0], shape[1], *shape[3:], shape[2]), device=dev).to(dtype).movedim(-1, 2)
+                carried = per_channel
+                v0 = torch.randn(shape[1:], device=dev, dtype=sdt) * 0.1 if carried else None
                 decay = (torch.rand(shape[2], device=dev, dtype=sdt) if per_channel
                          else torch.tensor(0.5, device=dev, dtype=sdt))
                 for store in (False, True):
-                    s, vo, h = backend.forward(x, v0, decay, 0.5, store)
-                    gs = torch.randn(shape, device=dev).to(dtype)
-                    gv = torch.randn(vo.shape, device=dev, dtype=sdt)
-                    for sid in range(8):
-                        for detach in (False, True):
-                            backend.backward(gs, gv, h, v0, decay, 0.5, sid, 1.5, detach, store, True)
-                            runs += 1
+                    for saved_state in ("fp32", "fp16"):
+                        p = DecayFireParams(v_threshold=0.5, surrogate_id=0, alpha=1.5, detach_reset=False,
+                                            store_v_seq=store, saved_state=saved_state)
+                        backend.forward(x, v0, decay, p, False)
+                        s, vo, saved = backend.forward(x, v0, decay, p, True)
+                        gs = torch.randn(shape, device=dev).to(dtype)
+                        gv = torch.randn(vo.shape, device=dev, dtype=sdt)
+                        for sid in range(8):
+                            for detach in (False, True):
+                                q = DecayFireParams(v_threshold=0.5, surrogate_id=sid, alpha=1.5, detach_reset=detach,
+                                                    store_v_seq=store, saved_state=saved_state)
+                                grads = (gs, gv) if sid % 2 else (torch.ones((), device=dev, dtype=dtype).expand(
+                                    s.shape), None)
+                                backend.backward(*grads, saved, v0, decay, q, carried, True)
+                                runs += 1
     torch.cuda.synchronize()
     print(f"memcheck driver: {runs} backward runs done")
     return 0

@@ -38,7 +38,7 @@ def broadcast_decay(decay: float | Tensor, x_seq: Tensor) -> float | Tensor:
 
 def decay_fire_reference(
     x_seq: Tensor,
-    v0: Tensor,
+    v0: Tensor | None,
     decay: float | Tensor,
     v_threshold: float,
     surrogate_function: torch.nn.Module,
@@ -47,13 +47,13 @@ def decay_fire_reference(
     """Run the neuron over ``T`` steps with plain autograd.
 
     Returns ``(spike_seq [T, N, *] in x's dtype, v_last [N, *], v_seq [T, N, *])`` where ``v_seq`` holds
-    the post-reset potential of every step (state dtype).
+    the post-reset potential of every step (state dtype). ``v0=None`` is the zero state.
     """
     sdt = state_dtype_for(x_seq.dtype)
     decay = broadcast_decay(decay, x_seq)
     if isinstance(decay, Tensor):
         decay = decay.to(sdt)
-    v = v0.to(sdt)
+    v = torch.zeros(x_seq.shape[1:], dtype=sdt, device=x_seq.device) if v0 is None else v0.to(sdt)
     spikes, vs = [], []
     for t in range(x_seq.shape[0]):
         h = decay * v + x_seq[t].to(sdt)

@@ -102,8 +102,8 @@ def lookup(surrogate_function: torch.nn.Module) -> tuple[int, float] | None:
     if spec is None or not getattr(surrogate_function, "spiking", True):
         return None
     alpha = float(surrogate_function.alpha)
-    if not alpha > 0.0:
-        raise ValueError(f"{spec.name}(alpha={alpha}): alpha must be > 0")
+    if not (math.isfinite(alpha) and alpha > 0.0):
+        raise ValueError(f"{spec.name}(alpha={alpha}): alpha must be a finite number > 0")
     return spec.sid, alpha
 
 
@@ -112,5 +112,31 @@ def surrogate_grad(sid: int, x: Tensor, alpha: float) -> Tensor:
     return _BY_ID[sid].grad(x, alpha)
 
 
-def name_of(sid: int) -> str:
-    return _BY_ID[sid].name
+# Lower-case names (``'atan'``, ``'piecewisequadratic'``) -> table row: the one list the CLI and config use.
+NAMES: dict[str, SurrogateSpec] = {spec.name.lower(): spec for spec in SURROGATES}
+
+
+def from_name(spec: str) -> torch.nn.Module:
+    """``'atan'``, ``'ATan:2.0'``, ``'rect:1.0'`` ... -> the SpikingJelly surrogate module of that table row.
+
+    The name is a class of the table above, case-insensitive; ``:alpha`` (finite, > 0) overrides the class's
+    default ``alpha``. Raises ``ValueError`` naming the choices.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"a surrogate name must be a str such as 'atan' or 'atan:2.0', got {type(spec).__name__}")
+    name, sep, alpha_text = spec.partition(":")
+    row = NAMES.get(name.strip().lower())
+    if row is None:
+        raise ValueError(
+            f"unknown surrogate {spec!r}; choose one of {', '.join(NAMES)} optionally with ':alpha' (e.g. 'atan:2.0'), "
+            "or pass a spikingjelly.activation_based.surrogate module"
+        )
+    if not sep:
+        return row.sj_class()
+    try:
+        alpha = float(alpha_text)
+    except ValueError as exc:
+        raise ValueError(f"surrogate {spec!r}: alpha {alpha_text!r} is not a number") from exc
+    if not (math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"surrogate {spec!r}: alpha must be a finite number > 0, got {alpha}")
+    return row.sj_class(alpha=alpha)

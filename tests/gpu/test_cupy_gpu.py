@@ -14,6 +14,7 @@ from spikingjelly.activation_based import functional, surrogate
 from sj_resnet import DecayFireNode, ParametricDecayFireNode, decay_fire_multi_step
 from sj_resnet.neuron.backends import cupy as cupy_backend
 from sj_resnet.neuron.backends import torch_fused
+from sj_resnet.neuron.params import DecayFireParams
 from sj_resnet.neuron.surrogates import SURROGATES
 
 pytestmark = pytest.mark.gpu
@@ -31,6 +32,11 @@ def close(actual, expected, tol, what):
     scale = max(expected.abs().max().item(), 1.0)
     err = (actual.double() - expected.double()).abs().max().item()
     assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol * scale:.3g}"
+
+
+def P(sid=0, alpha=1.0, detach=False, store_v_seq=False, saved_state="fp32") -> DecayFireParams:
+    return DecayFireParams(v_threshold=V_TH, surrogate_id=sid, alpha=alpha, detach_reset=detach,
+                           store_v_seq=store_v_seq, saved_state=saved_state)
 
 
 TOL = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.float64: 1e-10}
@@ -52,23 +58,40 @@ def test_large_against_torch_backend(dtype, per_channel, store_v_seq):
         decay = choices[torch.arange(shape[1], device=DEV) % 4]
     else:
         decay = torch.tensor(0.75, dtype=sdt, device=DEV)
-    s, vo, h = cupy_backend.forward(x, v0, decay, V_TH, store_v_seq)
-    s2, vo2, h2 = torch_fused.forward(x, v0, decay, V_TH, store_v_seq)
-    assert torch.equal(s, s2) and torch.equal(h, h2) and torch.equal(vo, vo2)
-    gs = torch.randn(x.shape, device=DEV, dtype=torch.float32).to(dtype)
-    gv = torch.randn(vo.shape, device=DEV, dtype=sdt)
-    f64 = [t.double() for t in (gs, gv, h, v0, decay)]
-    for spec in SURROGATES:
-        alpha = float(spec.sj_class().alpha)
-        for detach in (False, True):
-            a = cupy_backend.backward(gs, gv, h, v0, decay, V_TH, spec.sid, alpha, detach, store_v_seq, True)
-            b = torch_fused.backward(gs, gv, h2, v0, decay, V_TH, spec.sid, alpha, detach, store_v_seq, True)
-            what = f"{spec.name} detach={detach}"
-            close(a[0], b[0], TOL[dtype], f"grad_x {what}")
-            close(a[1], b[1], TOL[dtype] if dtype == torch.float64 else 2e-5, f"grad_v0 {what}")
-            close(a[2], b[2], 1e-3, f"grad_decay {what}")
-            exact = torch_fused.backward(*f64, V_TH, spec.sid, alpha, detach, store_v_seq, True)[2]
-            close(a[2].double(), exact, 1e-3 if dtype != torch.float64 else 1e-9, f"grad_decay vs float64 {what}")
+    for saved_state in ("fp32", "fp16"):
+        p = P(store_v_seq=store_v_seq, saved_state=saved_state)
+        s, vo, h = cupy_backend.forward(x, v0, decay, p, True)
+        s2, vo2, h2 = torch_fused.forward(x, v0, decay, p, True)
+        assert torch.equal(s, s2) and torch.equal(vo, vo2)
+        assert torch.equal(h, h2) if saved_state == "fp32" else torch.equal(torch.signbit(h), torch.signbit(h2))
+        si, voi, none = cupy_backend.forward(x, v0, decay, p, False)  # inference: spikes and state only
+        assert none is None and torch.equal(si, s) and torch.equal(voi, vo)
+        gs = torch.randn(x.shape, device=DEV, dtype=torch.float32).to(dtype)
+        gv = torch.randn(vo.shape, device=DEV, dtype=sdt)
+        for spec in SURROGATES:
+            alpha = float(spec.sj_class().alpha)
+            for detach in (False, True):
+                q = P(spec.sid, alpha, detach, store_v_seq, saved_state)
+                a = cupy_backend.backward(gs, gv, h, v0, decay, q, True, True)
+                b = torch_fused.backward(gs, gv, h2, v0, decay, q, True, True)
+                what = f"{spec.name} detach={detach} saved={saved_state}"
+                close(a[0], b[0], TOL[dtype], f"grad_x {what}")
+                close(a[1], b[1], TOL[dtype] if dtype == torch.float64 else 2e-5, f"grad_v0 {what}")
+                close(a[2], b[2], 1e-3, f"grad_decay {what}")
+
+
+def test_channels_last_in_place_and_expanded_grads():
+    x = dyadic((4, 8, 16, 16, 32), seed=13).permute(0, 1, 4, 2, 3)  # [T, N, C=32, H, W], every step channels_last
+    decay = torch.tensor([0.25, 0.5, 0.75, 1.0] * 8, device=DEV)
+    p = P(2, 2.0)
+    s, v, h = cupy_backend.forward(x, None, decay, p, True)
+    ref = torch_fused.forward(x.contiguous(), None, decay, p, True)
+    assert s.stride() == x.stride() and torch.equal(s, ref[0]) and torch.equal(h, ref[2])
+    ones = torch.ones((), device=DEV).expand(x.shape)
+    a = cupy_backend.backward(ones, None, h, None, decay, p, False, True)
+    b = torch_fused.backward(torch.ones_like(ref[2]), None, ref[2], None, decay, p, False, True)
+    close(a[0], b[0], 2e-5, "grad_x")
+    close(a[2], b[2], 1e-4, "grad_decay")
 
 
 def test_non_contiguous_and_misaligned_inputs():
@@ -76,12 +99,12 @@ def test_non_contiguous_and_misaligned_inputs():
     x = base.transpose(2, 3)  # non-contiguous
     v0 = torch.zeros(x.shape[1:], device=DEV)
     decay = torch.tensor(0.5, device=DEV)
-    ref = torch_fused.forward(x, v0, decay, V_TH, False)
-    got = cupy_backend.forward(x, v0, decay, V_TH, False)
+    ref = torch_fused.forward(x, v0, decay, P(), True)
+    got = cupy_backend.forward(x, v0, decay, P(), True)
     assert all(torch.equal(a, b) for a, b in zip(got, ref, strict=True))
     flat = dyadic((6 * 64 + 1,), seed=4)[1:].view(6, 64)  # data pointer 4 bytes past alignment
-    ref = torch_fused.forward(flat, torch.zeros(64, device=DEV), decay, V_TH, True)
-    got = cupy_backend.forward(flat, torch.zeros(64, device=DEV), decay, V_TH, True)
+    ref = torch_fused.forward(flat, torch.zeros(64, device=DEV), decay, P(store_v_seq=True), True)
+    got = cupy_backend.forward(flat, torch.zeros(64, device=DEV), decay, P(store_v_seq=True), True)
     assert all(torch.equal(a, b) for a, b in zip(got, ref, strict=True))
 
 
@@ -111,15 +134,15 @@ def test_cuda_graph_capture():
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up compiles and loads the module outside the capture
-        cupy_backend.forward(x, v0, decay, V_TH, False)
+        cupy_backend.forward(x, v0, decay, P(), True)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        s, v, h = cupy_backend.forward(x, v0, decay, V_TH, False)
+        s, v, h = cupy_backend.forward(x, v0, decay, P(), True)
     x.copy_(dyadic((4, 4096), seed=6))
     graph.replay()
     torch.cuda.synchronize()
-    ref = torch_fused.forward(x, v0, decay, V_TH, False)
+    ref = torch_fused.forward(x, v0, decay, P(), True)
     assert torch.equal(s, ref[0]) and torch.equal(h, ref[2])
 
 
@@ -196,6 +219,7 @@ def test_nodes_cupy_matches_torch():
             close(a, b, 1e-4, "parameter grad")
 
 
+@pytest.mark.gpu2
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_device_guard_on_second_gpu():
     import cupy

@@ -14,7 +14,7 @@ from pathlib import Path
 import kernel_host
 import pytest
 
-from sj_resnet.neuron.backends.cupy import kernels
+from sj_resnet.neuron.backends.cupy import launch_plans
 
 _REPO = str(Path(__file__).resolve().parents[2])
 if _REPO not in sys.path:  # ``benchmarks.gpu`` (test_gpu_check_dry) is importable under plain ``pytest`` too
@@ -36,6 +36,6 @@ def host_kernels(kernel_build_dir) -> kernel_host.HostKernels:
     """Every shipped instantiation compiled for the host (g++ + host_shim.cuh)."""
     if shutil.which("g++") is None:
         kernel_host.missing_tool("g++ not found: the host-shim kernel tests need a host C++ compiler")
-    names = kernels.all_name_expressions()
+    names = launch_plans.all_name_expressions()
     lib = kernel_host.build_host_library(names, kernel_build_dir)
     return kernel_host.HostKernels(lib, names)

@@ -2,10 +2,12 @@
 
 ``build_host_library(names, out_dir)`` compiles ``decay_fire.cu`` *unmodified* together with
 ``host_shim.cuh`` into a shared library with one ``extern "C"`` wrapper per kernel instantiation
-(``name`` = the same C++ name expression the CuPy launcher compiles). ``HostKernels.launch(plan, device)``
-has the signature of ``launcher.launch``: it runs every (block, thread) of ``plan``'s grid with the plan's
-typed arguments, so ``runner.run_forward/run_backward`` drive it exactly as they drive the GPU.
-The compile flags are the runtime's NVRTC ``-D``/``-I`` options (``kernels.compile_options()``).
+(``name`` = the same C++ name expression the CuPy launcher compiles). ``HostKernels`` has the interface of
+the CuPy ``launcher`` module (``launch(plan, device)``, ``sm_count(device)``): it runs every (block, thread) of
+``plan``'s grid with the plan's typed arguments, so ``contract.run_forward/run_backward`` drive it exactly as
+they drive the GPU. Every global access of the kernels is logged by the shim (``SJR_ON_LOAD/STORE``);
+``HostKernels.traffic`` holds the log of the last launch as ``(address, bytes, is_store)`` rows.
+The compile flags are the runtime's NVRTC ``-D``/``-I`` options (``launch_plans.compile_options()``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sj_resnet.neuron.backends.cupy import kernels
-from sj_resnet.neuron.backends.cupy.kernels import Launch
+from sj_resnet.neuron.backends.cupy import launch_plans
+from sj_resnet.neuron.backends.cupy.launch_plans import Launch
 
-SHIM = kernels.KERNEL_DIR / "host_shim.cuh"
+SHIM = launch_plans.KERNEL_DIR / "host_shim.cuh"
 SANITIZE_FLAGS = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g")
 _CTYPE_OF_KIND = {
     "ptr": ctypes.c_void_p, "f32": ctypes.c_float, "f64": ctypes.c_double, "i32": ctypes.c_int32,
@@ -52,6 +54,16 @@ static void sjr_sg(int sid, const S* x, S* out, long long n, S a) {
 extern "C" void sjr_sg_f32(int sid, const float* x, float* out, long long n, float a) { sjr_sg(sid, x, out, n, a); }
 extern "C" void sjr_sg_f64(int sid, const double* x, double* out, long long n, double a) { sjr_sg(sid, x, out, n, a); }
 extern "C" int sjr_num_surrogates() { return SJR_NUM_SURROGATES; }
+extern "C" void sjr_traffic_enable(int on) { sjr_host::traffic_enabled = on != 0; sjr_host::traffic_log.clear(); }
+extern "C" long long sjr_traffic_size() { return (long long)sjr_host::traffic_log.size(); }
+extern "C" void sjr_traffic_copy(unsigned long long* address, unsigned int* bytes, unsigned int* is_store) {
+    for (size_t i = 0; i < sjr_host::traffic_log.size(); ++i) {
+        address[i] = sjr_host::traffic_log[i].address;
+        bytes[i] = sjr_host::traffic_log[i].bytes;
+        is_store[i] = sjr_host::traffic_log[i].is_store;
+    }
+    sjr_host::traffic_log.clear();
+}
 """
 
 
@@ -66,8 +78,8 @@ def missing_tool(reason: str) -> None:
 def host_compile_flags() -> list[str]:
     """g++ flags: the runtime's ``-D``/``-I`` NVRTC options (CUDA headers as system headers) + strict warnings."""
     flags = ["-std=c++17", "-fPIC", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas"]
-    cuda_dirs = set(kernels.cuda_include_dirs())
-    for opt in kernels.compile_options():
+    cuda_dirs = set(launch_plans.cuda_include_dirs())
+    for opt in launch_plans.compile_options():
         if opt.startswith("-D"):
             flags.append(opt)
         elif opt.startswith("-I"):
@@ -102,7 +114,7 @@ def build_host_library(names: list[str], out_dir: Path, *, sanitize: bool = Fals
     parts = 2 if len(names) > 8 else 1
     sources = _sources(names, parts)
     key = hashlib.sha256(
-        json.dumps([names, flags, sources, kernels.source_hash(), SHIM.read_text()]).encode()
+        json.dumps([names, flags, sources, launch_plans.source_hash(), SHIM.read_text()]).encode()
     ).hexdigest()[:16]
     lib = out_dir / f"sjr_host_{key}.so"
     if lib.exists():
@@ -131,14 +143,25 @@ def build_host_library(names: list[str], out_dir: Path, *, sanitize: bool = Fals
 
 
 class HostKernels:
-    """ctypes front of a host library; ``launch`` has ``launcher.launch``'s signature and records each plan."""
+    """ctypes front of a host library with the CuPy launcher's interface; records each plan and, with
+    ``count_bytes``, the last launch's global-memory accesses (``traffic``)."""
 
-    def __init__(self, lib: Path, names: list[str]):
+    def __init__(self, lib: Path, names: list[str], *, sms: int = 0, count_bytes: bool = True):
+        self.path, self.names = lib, names
         self.lib = ctypes.CDLL(str(lib))
         self.index = {name: i for i, name in enumerate(names)}
         self.launches: list[Launch] = []
-        for fn in (self.lib.sjr_sg_f32, self.lib.sjr_sg_f64):
+        self.sms = sms
+        self._log: tuple = (0, None, None, None)
+        for fn in (self.lib.sjr_sg_f32, self.lib.sjr_sg_f64, self.lib.sjr_traffic_enable, self.lib.sjr_traffic_copy):
             fn.restype = None
+        self.lib.sjr_traffic_size.restype = ctypes.c_longlong
+        self.lib.sjr_traffic_enable(ctypes.c_int(int(count_bytes)))
+
+    def sm_count(self, device: torch.device) -> int:
+        """The streaming multiprocessors the vector-width rule sees (``sms``; 0 turns the small-layer rule off, so
+        small test sizes take the vector path)."""
+        return self.sms
 
     def launch(self, plan: Launch, device: torch.device) -> None:
         if device.type != "cpu":
@@ -151,6 +174,22 @@ class HostKernels:
         fn.restype = None
         fn(ctypes.c_uint(plan.grid), ctypes.c_uint(plan.block), params)
         self.launches.append(plan)
+        count = int(self.lib.sjr_traffic_size())
+        address = (ctypes.c_ulonglong * count)()
+        nbytes = (ctypes.c_uint * count)()
+        is_store = (ctypes.c_uint * count)()
+        self.lib.sjr_traffic_copy(address, nbytes, is_store)
+        self._log = (count, address, nbytes, is_store)
+
+    @property
+    def traffic(self) -> torch.Tensor:
+        """The last launch's accesses as ``[accesses, 3]`` int64 rows ``(address, bytes, is_store)``."""
+        count, address, nbytes, is_store = self._log
+        if count == 0:
+            return torch.zeros(0, 3, dtype=torch.int64)
+        cols = [torch.frombuffer(address, dtype=torch.int64), torch.frombuffer(nbytes, dtype=torch.int32),
+                torch.frombuffer(is_store, dtype=torch.int32)]
+        return torch.stack([c.to(torch.int64) for c in cols], dim=1)
 
     def surrogate_grad(self, sid: int, x: torch.Tensor, alpha: float) -> torch.Tensor:
         """``sjr::surrogate_grad<sid>`` of the CUDA twin, evaluated on the host for a float32/float64 tensor."""

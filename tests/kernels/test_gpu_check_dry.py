@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.gpu import kernel_bench
+from sj_resnet.neuron.backends.cupy import traffic
 
 pytestmark = pytest.mark.cuda_cpu
 REPO = Path(__file__).resolve().parents[2]
@@ -19,20 +20,43 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_gpu_check_dry_run(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path / "out"), STEPS="env wheels memcheck neurons kernels", PY="python")
+    env = dict(os.environ, OUT=str(tmp_path / "out"), STEPS="env wheels warm index64 flips memcheck neurons kernels",
+               PY="python", CUPY_CACHE_DIR=str(tmp_path / "cupy_cache"))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     out = tmp_path / "out"
     summary = (out / "summary.md").read_text()
-    assert "| memcheck | skipped: needs a GPU |" in summary
+    assert "| memcheck | skipped: needs a GPU |" in summary and "| warm | skipped: needs a GPU |" in summary
     assert "| kernels | 0 |" in summary and "| neurons | 0 |" in summary
+    assert "| index64 | 0 |" in summary and "| flips | 0 |" in summary
     payload = json.loads((out / "kernels.json").read_text())
     assert payload["config"]["dry_run"] and payload["skipped"] == {"cupy": "needs a CUDA device and CuPy"}
-    assert {r["phase"] for r in payload["rows"]} == {"fwd", "bwd-Rect", "bwd-ATan"}
+    assert {r["phase"] for r in payload["rows"]} == {"fwd", "fwd-fp16", "fwd-infer", "bwd-Rect", "bwd-ATan",
+                                                     "bwd-ATan-fp16", "node"}
     assert all(r["median_s"] > 0 for r in payload["rows"])
+    node = next(r for r in payload["rows"] if r["phase"] == "node")
+    assert node["min_bytes"] == traffic.training_step_bytes(node["T"], node["neurons"], 4).total
+    for check, rows in (("index64", 4), ("flips", 2 * 8)):
+        result = json.loads((out / f"{check}.json").read_text())
+        assert result["pass"] and len(result["rows"]) == rows and f"{check} on" in summary
+    flips = json.loads((out / "flips.json").read_text())["rows"]
+    assert all(r["flips_away_from_threshold"] == 0 and r["grad_x_rel_err"] < 1e-2 for r in flips)
     assert list(out.glob("neurons-*.json"))
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_check_fails_when_gpu_tests_skip(tmp_path):
+    """A real (not dry) run exports SJR_REQUIRE_GPU=1: here, without a GPU, the tests step must fail."""
+    env = {k: v for k, v in os.environ.items() if k != "SJR_REQUIRE_GPU"}
+    env.update(OUT=str(tmp_path / "out"), STEPS="tests", PY="python", CUPY_CACHE_DIR=str(tmp_path / "cache"))
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "| tests | 1 |" in (tmp_path / "out" / "summary.md").read_text()
+    assert "SJR_REQUIRE_GPU=1 requires every gpu test to run" in proc.stdout
 
 
 def _row(impl, dtype, T, seconds, frac=None):

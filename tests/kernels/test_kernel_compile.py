@@ -1,8 +1,8 @@
 """Compile-time checks of the CUDA sources, no GPU needed.
 
 * nvcc ``-cubin`` for sm_80 and sm_90 of every shipped instantiation with ``-Werror all-warnings -Xptxas -v``;
-  ptxas must report no spills, no stack frame and at most ``kernels.REGISTER_BUDGET`` registers per kernel.
-* NVRTC (the compiler CuPy's RawModule uses at run time) with exactly ``kernels.compile_options()``: every
+  ptxas must report no spills, no stack frame and at most ``launch_plans.REGISTER_BUDGET`` registers per kernel.
+* NVRTC (the compiler CuPy's RawModule uses at run time) with exactly ``launch_plans.compile_options()``: every
   name expression compiles and lowers to a symbol, and a few single module groups compile exactly as the
   loader builds them.
 * The PTX of vector-path kernels moves data in vector words, the scalar fallback does not.
@@ -23,7 +23,7 @@ from pathlib import Path
 import kernel_host
 import pytest
 
-from sj_resnet.neuron.backends.cupy import kernels
+from sj_resnet.neuron.backends.cupy import launch_plans
 from sj_resnet.neuron.surrogates import SURROGATES
 
 pytestmark = pytest.mark.cuda_cpu
@@ -71,10 +71,10 @@ def nvcc_builds(kernel_build_dir):
     nvcc = _nvcc()
     if nvcc is None:
         kernel_host.missing_tool("nvcc not found (install the CUDA toolkit or set CUDA_HOME)")
-    names = kernels.all_name_expressions()
+    names = launch_plans.all_name_expressions()
     unit = kernel_build_dir / "nvcc_all.cu"
     unit.write_text(instantiation_unit(names))
-    defines = [o for o in kernels.compile_options() if o.startswith(("-D", "-I"))]
+    defines = [o for o in launch_plans.compile_options() if o.startswith(("-D", "-I"))]
 
     def build(arch: str) -> subprocess.CompletedProcess:
         cmd = [nvcc, "-cubin", f"-arch={arch}", "-std=c++17", "-Werror", "all-warnings", "-Xptxas", "-v",
@@ -95,8 +95,8 @@ def test_nvcc_cubin_no_spills_within_register_budget(nvcc_builds, arch):
     assert len(stats) == len(names), f"ptxas compiled {len(stats)} kernels, expected {len(names)}"
     bad = {k: s for k, s in stats.items() if s.get("spill_stores") or s.get("spill_loads") or s.get("stack")}
     assert not bad, f"{arch}: spills or stack frames in {bad}"
-    over = {k: s["registers"] for k, s in stats.items() if s["registers"] > kernels.REGISTER_BUDGET}
-    assert not over, f"{arch}: kernels over the {kernels.REGISTER_BUDGET}-register budget: {over}"
+    over = {k: s["registers"] for k, s in stats.items() if s["registers"] > launch_plans.REGISTER_BUDGET}
+    assert not over, f"{arch}: kernels over the {launch_plans.REGISTER_BUDGET}-register budget: {over}"
 
 
 def test_ptxas_parser_sees_spills():
@@ -133,13 +133,13 @@ def nvrtc_compile(names: list[str], arch_option: str) -> tuple[bytes, dict[str, 
 def _nvrtc_compile_here(names: list[str], arch_option: str) -> tuple[bytes, dict[str, str], str]:
     from cuda.bindings import nvrtc
 
-    err, prog = nvrtc.nvrtcCreateProgram(kernels.read_source().encode(), b"decay_fire.cu", 0, [], [])
+    err, prog = nvrtc.nvrtcCreateProgram(launch_plans.read_source().encode(), b"decay_fire.cu", 0, [], [])
     assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
     try:
         for name in names:
             (err,) = nvrtc.nvrtcAddNameExpression(prog, name.encode())
             assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
-        opts = [o.encode() for o in (*kernels.compile_options(), *kernels.CUPY_APPENDED_OPTIONS, arch_option)]
+        opts = [o.encode() for o in (*launch_plans.compile_options(), *launch_plans.CUPY_APPENDED_OPTIONS, arch_option)]
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
         _, size = nvrtc.nvrtcGetProgramLogSize(prog)
         log = b" " * size
@@ -166,7 +166,7 @@ def _nvrtc_compile_here(names: list[str], arch_option: str) -> tuple[bytes, dict
 
 @pytest.fixture(scope="module")
 def nvrtc_ptx():
-    names = kernels.all_name_expressions()
+    names = launch_plans.all_name_expressions()
     ptx, lowered, log = nvrtc_compile(names, "--gpu-architecture=compute_80")
     assert "warning" not in log.lower(), log
     return ptx.rstrip(b"\x00").decode(), lowered
@@ -174,7 +174,7 @@ def nvrtc_ptx():
 
 def test_nvrtc_compiles_every_instantiation_with_runtime_options(nvrtc_ptx):
     ptx, lowered = nvrtc_ptx
-    assert len(set(lowered.values())) == len(kernels.all_name_expressions())
+    assert len(set(lowered.values())) == len(launch_plans.all_name_expressions())
     for name, symbol in lowered.items():
         assert f".entry {symbol}(" in ptx, f"{name} ({symbol}) missing from the PTX"
 
@@ -182,12 +182,12 @@ def test_nvrtc_compiles_every_instantiation_with_runtime_options(nvrtc_ptx):
 @pytest.mark.parametrize(
     "group",
     [
-        kernels.forward_module_names("float32", False),
-        kernels.forward_module_names("bfloat16", True),
-        kernels.backward_module_names("float16", 2, False, False),
-        kernels.backward_module_names("float64", 0, True, True),
+        launch_plans.forward_module_names("float32"),
+        launch_plans.forward_module_names("bfloat16"),
+        launch_plans.backward_module_names("float16", 2, False, False),
+        launch_plans.backward_module_names("float64", 0, True, True),
     ],
-    ids=["fwd-f32", "fwd-bf16-vseq", "bwd-f16-atan", "bwd-f64-rect-detach-vseq"],
+    ids=["fwd-f32", "fwd-bf16", "bwd-f16-atan", "bwd-f64-rect-detach-half-saved"],
 )
 def test_nvrtc_module_group_to_cubin(group):
     """One cache unit compiled to a cubin exactly as the loader asks for it (CuPy adds the arch)."""
@@ -209,19 +209,20 @@ def test_vector_path_moves_vector_words(nvrtc_ptx):
     entries = _entries(ptx)
     checked = 0
     for dt in ("float32", "float16", "bfloat16"):
-        vec = kernels.DTYPES[dt].vec
-        for name in (kernels.forward_name(dt, vec, False), kernels.backward_name(dt, vec, 2, False, True)):
+        vec = launch_plans.DTYPES[dt].vec
+        for name in (launch_plans.forward_name(dt, vec, launch_plans.SAVE_HALF),
+                     launch_plans.backward_name(dt, vec, 2, False, True)):
             body = entries[lowered[name]]
             assert re.search(r"ld\.global(\.nc)?\.v[24]\.", body), f"{name}: no vector load"
             assert re.search(r"st\.global\.v[24]\.", body), f"{name}: no vector store"
             checked += 1
-        scalar = entries[lowered[kernels.forward_name(dt, 1, False)]]
+        scalar = entries[lowered[launch_plans.forward_name(dt, 1, launch_plans.SAVE_STATE)]]
         assert not re.search(r"(ld|st)\.global(\.nc)?\.v[24]\.", scalar), f"{dt} scalar path uses vector words"
     assert checked == 6
 
 
 def test_surrogate_ids_match_python_table():
-    text = (kernels.KERNEL_DIR / "surrogates.cuh").read_text()
+    text = (launch_plans.KERNEL_DIR / "surrogates.cuh").read_text()
     defined = {
         m.group(1).replace("_", ""): int(m.group(2))
         for m in re.finditer(r"#define SJR_SURROGATE_(\w+) (\d+)", text)

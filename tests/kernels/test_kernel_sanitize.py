@@ -14,7 +14,7 @@ from pathlib import Path
 import kernel_host
 import pytest
 
-from sj_resnet.neuron.backends.cupy import kernels
+from sj_resnet.neuron.backends.cupy import launch_plans
 
 pytestmark = pytest.mark.cuda_cpu
 DRIVER = Path(__file__).resolve().parent / "sanitize_driver.py"
@@ -36,7 +36,7 @@ def asan_lib(kernel_build_dir) -> Path:
     if _runtime("libasan.so") is None:
         kernel_host.missing_tool("g++ has no AddressSanitizer runtime (libasan)")
     names = [
-        n for n in kernels.all_name_expressions(SANITIZED_DTYPES)
+        n for n in launch_plans.all_name_expressions(SANITIZED_DTYPES)
         if "forward" in n or int(n.split("<")[1].split(",")[2]) in SANITIZED_SURROGATES
     ]
     return kernel_host.build_host_library(names, kernel_build_dir / "asan", sanitize=True)

@@ -12,16 +12,23 @@ from sj_resnet.neuron.testing import sample_inputs
 
 @pytest.mark.parametrize("store_v_seq", [False, True])
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_opcheck(store_v_seq, per_channel):
+@pytest.mark.parametrize("saved_state", ["fp32", "fp16"])
+@pytest.mark.parametrize("fresh_state", [False, True])
+def test_opcheck(store_v_seq, per_channel, saved_state, fresh_state):
     x = torch.randn(3, 2, 4, 5, dtype=torch.float64, requires_grad=True)
-    v0 = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
+    v0 = None if fresh_state else torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
     decay = torch.full((4,) if per_channel else (), 0.3, dtype=torch.float64, requires_grad=True)
-    args = (x, v0, decay, 0.5, 2, 2.0, False, store_v_seq, "torch")
-    torch.library.opcheck(torch.ops.sj_resnet.decay_fire.default, args)
-    h = torch.randn(3, 2, 4, 5, dtype=torch.float64)
-    gv = torch.randn(x.shape if store_v_seq else v0.shape, dtype=torch.float64)
-    bargs = (torch.randn_like(h), gv, h, v0.detach(), decay.detach(), 0.5, 0, 1.0, False, store_v_seq, True, "torch")
-    torch.library.opcheck(torch.ops.sj_resnet.decay_fire_backward.default, bargs)
+    params = (0.5, 2, 2.0, False, store_v_seq, saved_state)
+    torch.library.opcheck(torch.ops.sj_resnet.decay_fire.default, (x, v0, decay, *params, True, "torch"))
+    with torch.no_grad():  # the inference path: nothing saved
+        torch.library.opcheck(torch.ops.sj_resnet.decay_fire.default, (x, v0, decay, *params, False, "torch"))
+    v0d = None if v0 is None else v0.detach()
+    _, _, saved = torch.ops.sj_resnet.decay_fire(x.detach(), v0d, decay.detach(), *params, True, "torch")
+    gv = torch.randn(x.shape if store_v_seq else x.shape[1:], dtype=torch.float64)
+    for grads in ((torch.randn_like(x), gv), (None, gv), (torch.randn_like(x), None)):
+        for need_v0, need_decay in ((True, True), (False, False)):
+            bargs = (*grads, saved, v0d, decay.detach(), *params, need_v0 and v0 is not None, need_decay, "torch")
+            torch.library.opcheck(torch.ops.sj_resnet.decay_fire_backward.default, bargs)
 
 
 def test_compiled_op_fullgraph_matches_eager():

@@ -33,5 +33,5 @@ def test_lookup_rejects_what_has_no_kernel():
         pass
 
     assert lookup(MyRect()) is None
-    with pytest.raises(ValueError, match="alpha must be > 0"):
+    with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
         lookup(surrogate.Rect(alpha=0.0))

@@ -1,18 +1,23 @@
 """The ``torch`` backend: a fused forward and a hand-written BPTT backward in plain tensor ops.
 
-Runs wherever torch runs (CPU and CUDA). Forward is one loop over T with three ops per step
-writing into preallocated buffers, and no autograd graph; it returns the pre-reset membrane ``h_seq``, the only
-tensor backward needs (spikes are recomputed as ``h >= v_threshold``). Backward runs t = T-1..0 once, a
-handful of single-pass ops per step into step-sized scratch buffers (see ``docs/neuron.md`` for the
-derivation)::
+Runs wherever torch runs (CPU and CUDA). Forward is one loop over T with three single-pass ops per step
+writing into preallocated buffers, and no autograd graph. Backward runs t = T-1..0 once, a handful of
+single-pass ops per step into step-sized scratch buffers (derivation in ``docs/neuron.md``)::
 
     sg[t] = surrogate'(h[t] - v_th)
     a[t]  = dv[t]/dh[t] = (1 - o[t]) - h[t] * sg[t]      (just (1 - o[t]) with detach_reset)
     gh[t] = dL/dh[t] = gs[t] * sg[t] + a[t] * (gv[t] + decay * gh[t+1])
     grad_x[t] = gh[t];  grad_v0 = decay * gh[0];  grad_decay = sum_t gh[t] * v[t-1]
 
-Contract (shared by every backend, see ``backends/__init__.py``): ``decay`` is a 0-d or ``[C]`` tensor in
-the state dtype, ``v0`` is ``[N, *]`` in the state dtype.
+Contract (shared by every backend, see ``backends/__init__.py``): ``decay`` is a 0-d or ``[C]`` tensor in the
+state dtype (which is therefore ``decay.dtype``); ``v0`` is ``[N, *]`` in the state dtype or ``None`` (the zero
+state, never materialised); absent gradients are ``None`` and are neither filled nor read.
+
+Layout: every buffer is ``empty_like`` the input (``torch.preserve_format``), so a dense input in any memory
+order (``channels_last`` conv outputs viewed as ``[T, N, C, H, W]``, a transposed sequence) is read in place
+and the outputs keep its strides; a per-channel decay broadcasts logically over dim 1 of a step, whatever the
+strides; stride-0 (expanded) incoming gradients are read through their views. A non-dense input (a strided
+slice) is read in place too, its outputs come back contiguous.
 """
 
 from __future__ import annotations
@@ -20,114 +25,207 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..params import DecayFireParams
 from ..reference import broadcast_decay
 from ..surrogates import surrogate_grad
 
 
 def forward(
-    x_seq: Tensor, v0: Tensor, decay: Tensor, v_threshold: float, store_v_seq: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``(spike_seq [T,N,*] x.dtype, v_out, h_seq [T,N,*] state dtype)``.
+    x_seq: Tensor, v0: Tensor | None, decay: Tensor, p: DecayFireParams, needs_grad: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Returns ``(spike_seq [T,N,*] x.dtype, v_out, saved)``.
 
-    ``v_out`` is ``v_seq [T,N,*]`` (post-reset potentials) when ``store_v_seq`` else ``v_last [N,*]``.
-    Per step: ``h = x + v*decay``; ``o = (h >= v_th)`` written as a float; ``v = h - h*o`` -- three
-    single-pass ops into preallocated buffers. (``torch.where``/``masked_fill`` are 10x slower on the CPU.)
+    ``v_out`` is ``v_seq [T,N,*]`` (post-reset potentials) when ``p.store_v_seq`` else ``v_last [N,*]``, in the
+    state dtype. ``saved`` is ``None`` unless ``needs_grad``: then ``h_seq`` in the state dtype
+    (``saved_state='fp32'``) or ``d_seq = h_seq - v_th`` as float16 (``'fp16'``).
+
+    Per step: ``h = x + v*decay``; ``o = (h >= v_th)`` written as a float; ``v = h - h*o`` -- three single-pass
+    ops (``torch.where``/``masked_fill`` are 10x slower on the CPU). Only ``saved_state='fp32'`` training keeps
+    ``h`` apart from ``v``; otherwise ``h`` is computed into the state buffer and reset in place. A zero state
+    skips the first charge (``h[0] = x[0]``).
     """
     T = x_seq.shape[0]
+    sdt = decay.dtype
+    vth = p.v_threshold
     d = broadcast_decay(decay, x_seq)
-    h_seq = torch.empty(x_seq.shape, dtype=v0.dtype, device=x_seq.device)
     spike_seq = torch.empty_like(x_seq)
     # fp16/bf16 input, fp32 state: cast through step-sized buffers (no mixed-dtype ops, no full-size fp32 spikes)
-    low = x_seq.dtype != v0.dtype
-    x_buf, o_buf = (torch.empty_like(v0), torch.empty_like(v0)) if low else (None, None)
-    v_seq = torch.empty_like(h_seq) if store_v_seq else None
-    buffers = (torch.empty_like(v0), torch.empty_like(v0))
+    low = x_seq.dtype != sdt
+    x_buf, o_buf = (torch.empty_like(x_seq[0], dtype=sdt) for _ in range(2)) if low else (None, None)
+    h_seq = d_seq = None
+    if needs_grad:
+        if p.saved_state == "fp32":
+            h_seq = torch.empty_like(x_seq, dtype=sdt)
+        else:
+            d_seq = torch.empty_like(x_seq, dtype=torch.float16)
+    v_seq = torch.empty_like(x_seq, dtype=sdt) if p.store_v_seq else None
+    state = None if v_seq is not None else torch.empty_like(x_seq[0], dtype=sdt)  # v[t], one rolling buffer
     v = v0
     for t in range(T):
-        h = h_seq[t]
-        torch.addcmul(x_buf.copy_(x_seq[t]) if low else x_seq[t], v, d, out=h)
+        x = x_buf.copy_(x_seq[t]) if low else x_seq[t]
+        v_new = v_seq[t] if v_seq is not None else state
+        h = h_seq[t] if h_seq is not None else v_new  # h lives in v's buffer unless h_seq is saved
+        if v is None:  # zero state: h = x
+            if h_seq is not None:
+                h.copy_(x)
+            else:
+                h = x  # read only
+        else:
+            torch.addcmul(x, v, d, out=h)
+        if d_seq is not None:
+            torch.sub(h, vth, out=d_seq[t])  # rounded once to float16; its sign is the spike's
         o = o_buf if low else spike_seq[t]
-        torch.ge(h, v_threshold, out=o)
-        v = v_seq[t] if v_seq is not None else buffers[t % 2]
-        torch.addcmul(h, h, o, value=-1.0, out=v)
+        torch.ge(h, vth, out=o)
+        torch.addcmul(h, h, o, value=-1.0, out=v_new)
         if low:
             spike_seq[t].copy_(o)
-    return spike_seq, (v_seq if v_seq is not None else v), h_seq
+        v = v_new
+    saved = h_seq if h_seq is not None else d_seq
+    return spike_seq, (v_seq if v_seq is not None else v), saved
 
 
-def _surrogate_grad_into(out: Tensor, surrogate_id: int, h: Tensor, v_threshold: float, alpha: float) -> Tensor:
-    """``sg(h - v_th)`` for one step, written into ``out`` (Rect, the default, entirely in place)."""
-    torch.sub(h, v_threshold, out=out)
-    if surrogate_id == 0:
+def _surrogate_grad_into(out: Tensor, surrogate_id: int, z: Tensor, alpha: float) -> Tensor:
+    """``sg(z)`` for one step (``z = h - v_th``, already in ``out`` when ``z is out``), written into ``out``."""
+    if z is not out:
+        out.copy_(z)
+    if surrogate_id == 0:  # Rect, the default: entirely in place
         out.abs_().lt_(0.5 / alpha)
         return out if alpha == 1.0 else out.mul_(alpha)
     return out.copy_(surrogate_grad(surrogate_id, out, alpha))
 
 
-def backward(
-    grad_spike: Tensor,
-    grad_v_out: Tensor,
-    h_seq: Tensor,
-    v0: Tensor,
-    decay: Tensor,
-    v_threshold: float,
-    surrogate_id: int,
-    alpha: float,
-    detach_reset: bool,
-    store_v_seq: bool,
-    need_decay_grad: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Returns ``(grad_x in grad_spike's dtype, grad_v0, grad_decay shaped like decay)``.
+class _SavedState:
+    """Reads ``z[t] = h[t] - v_th``, ``h[t]`` and ``1 - o[t]`` back from the saved tensor of either kind."""
 
-    One pass over t = T-1..0 with step-sized scratch buffers: the only full-size allocation is the
-    result. (Full-size temporaries cost a page fault per page on the CPU: above glibc's 32 MiB mmap
-    threshold every allocation is fresh memory.)
+    def __init__(self, saved: Tensor, p: DecayFireParams, sdt: torch.dtype) -> None:
+        self.saved, self.vth = saved, p.v_threshold
+        self.fp16 = p.saved_state == "fp16"
+        # float16 d: the spike is its sign bit (-0.0 is "below": h - v_th < 0 rounded to -0), read as int16 < 0
+        self.bits = saved.view(torch.int16) if self.fp16 else None
+        self.h_buf = torch.empty_like(saved[0], dtype=sdt) if self.fp16 else None
+
+    def z_into(self, out: Tensor, t: int) -> Tensor:
+        """``h[t] - v_th`` into ``out`` (the float16 ``d`` widened, or ``h - v_th``)."""
+        if self.fp16:
+            return out.copy_(self.saved[t])
+        return torch.sub(self.saved[t], self.vth, out=out)
+
+    def h(self, t: int) -> Tensor:
+        """``h[t]``; for float16 ``V_th + d`` widened to the state dtype (valid until the next call)."""
+        if not self.fp16:
+            return self.saved[t]
+        return self.h_buf.copy_(self.saved[t]).add_(self.vth)
+
+    def not_fired_into(self, out: Tensor, t: int) -> Tensor:
+        """``1 - o[t]`` as a float into ``out``."""
+        if self.fp16:
+            return torch.lt(self.bits[t], 0, out=out)
+        return torch.lt(self.saved[t], self.vth, out=out)
+
+
+def backward(
+    grad_spike: Tensor | None,
+    grad_v_out: Tensor | None,
+    saved: Tensor,
+    v0: Tensor | None,
+    decay: Tensor,
+    p: DecayFireParams,
+    need_grad_v0: bool,
+    need_grad_decay: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Returns ``(grad_x, grad_v0 or None, grad_decay shaped like decay or None)``.
+
+    ``grad_x`` is in ``grad_spike``'s dtype (the state dtype when ``grad_spike`` is ``None``). ``grad_v0`` is
+    computed only when ``need_grad_v0`` and ``grad_decay`` only when ``need_grad_decay``. One pass over
+    t = T-1..0 with step-sized scratch buffers: the only full-size allocation is the result. (Full-size
+    temporaries cost a page fault per page on the CPU: above glibc's 32 MiB mmap threshold every allocation is
+    fresh memory.)
     """
-    T = h_seq.shape[0]
-    d = broadcast_decay(decay, h_seq)
+    T = saved.shape[0]
+    sdt = decay.dtype
+    d = broadcast_decay(decay, saved)
     scalar = float(decay) if decay.dim() == 0 and decay.device.type == "cpu" else None  # no sync on CUDA
-    # dL/dh[t]: written straight into grad_x for fp32/fp64 grads; for fp16/bf16 grads it lives in two
-    # rolling step-sized fp32 buffers and each step is cast into grad_x (no full-size fp32 temporary)
-    grad_x = torch.empty(h_seq.shape, dtype=grad_spike.dtype, device=h_seq.device)
-    low = grad_spike.dtype != h_seq.dtype
-    rolling = (torch.empty_like(h_seq[0]), torch.empty_like(h_seq[0]), torch.empty_like(h_seq[0])) if low else None
-    sg, a, tmp = (torch.empty_like(h_seq[0]) for _ in range(3))
-    g_next = None
-    acc = torch.zeros_like(h_seq[0]) if need_decay_grad else None  # sum_t gh[t] * v[t-1], per neuron
+    state = _SavedState(saved, p, sdt)
+    gdt = grad_spike.dtype if grad_spike is not None else sdt
+    grad_x = torch.empty_like(saved, dtype=gdt)
+
+    def step_buffer() -> Tensor:
+        return torch.empty_like(saved[0], dtype=sdt)
+
+    # dL/dh[t]: written straight into grad_x for fp32/fp64 grads; for fp16/bf16 grads it lives in two rolling
+    # step-sized buffers and each step is cast into grad_x (no full-size fp32 temporary)
+    low = gdt != sdt
+    rolling = (step_buffer(), step_buffer()) if low else None
+    gs_buf = step_buffer() if low and grad_spike is not None else None
+    need_sg = grad_spike is not None or not p.detach_reset
+    sg, a, tmp = step_buffer() if need_sg else None, step_buffer(), step_buffer()
+    g_next = None  # dL/dh[t+1]; None while it is zero
+    acc = None  # sum_t gh[t] * v[t-1] per neuron; None while it is zero
     for t in range(T - 1, -1, -1):
-        h = h_seq[t]
-        _surrogate_grad_into(sg, surrogate_id, h, v_threshold, alpha)
-        torch.lt(h, v_threshold, out=a)  # 1 - o[t]
-        if not detach_reset:
+        h = None if p.detach_reset else state.h(t)
+        if need_sg:
+            _surrogate_grad_into(sg, p.surrogate_id, state.z_into(sg, t), p.alpha)
+        state.not_fired_into(a, t)  # 1 - o[t]
+        if h is not None:
             a.addcmul_(h, sg, value=-1.0)  # a = dv[t]/dh[t] = (1 - o) - h * sg
         g = rolling[t % 2] if low else grad_x[t]
-        torch.mul(rolling[2].copy_(grad_spike[t]) if low else grad_spike[t], sg, out=g)  # local term gs * sg
         # dL/dv[t] = gv[t] (v_seq output) + decay * gh[t+1]; at t = T-1 the v_last gradient
-        if t == T - 1:
-            carry = grad_v_out[t] if store_v_seq else grad_v_out
-        elif store_v_seq:
-            carry = torch.addcmul(grad_v_out[t], g_next, d, out=tmp)
-        elif scalar is not None:
-            g.addcmul_(a, g_next, value=scalar)
-            carry = None
-        else:
-            carry = torch.mul(g_next, d, out=tmp)
-        if carry is not None:
-            g.addcmul_(a, carry)
-        if acc is not None:
-            if t > 0:  # v[t-1] = h[t-1] * (1 - o[t-1])
-                torch.lt(h_seq[t - 1], v_threshold, out=tmp).mul_(h_seq[t - 1])
-                acc.addcmul_(g, tmp)
+        gv = None
+        if grad_v_out is not None and (p.store_v_seq or t == T - 1):
+            gv = grad_v_out[t] if p.store_v_seq else grad_v_out
+        if grad_spike is not None:
+            gs = gs_buf.copy_(grad_spike[t]) if low else grad_spike[t]
+            torch.mul(gs, sg, out=g)  # local term gs * sg
+            if g_next is not None and gv is None and scalar is not None:
+                g.addcmul_(a, g_next, value=scalar)
             else:
-                acc.addcmul_(g, v0)
+                carry = _carry(gv, g_next, d, tmp)
+                if carry is not None:
+                    g.addcmul_(a, carry)
+        else:
+            carry = _carry(gv, g_next, d, tmp)
+            if carry is None:
+                g = None
+            else:
+                torch.mul(a, carry, out=g)
+        if g is None:  # nothing reaches h[t]: its gradient is exactly zero
+            grad_x[t].zero_()
+            g_next = None
+            continue
+        if need_grad_decay and (t > 0 or v0 is not None):
+            if t > 0:  # v[t-1] = h[t-1] * (1 - o[t-1])
+                v_prev = state.not_fired_into(tmp, t - 1).mul_(state.h(t - 1))
+            else:
+                v_prev = v0
+            if acc is None:
+                acc = torch.mul(g, v_prev)
+            else:
+                acc.addcmul_(g, v_prev)
         if low:
             grad_x[t].copy_(g)
         g_next = g
-    grad_v0 = g_next * d
-    grad_decay = torch.zeros_like(decay)
-    if acc is not None:
-        if decay.dim() == 1:
+    grad_v0 = None
+    if need_grad_v0:
+        grad_v0 = step_buffer()
+        if g_next is None:
+            grad_v0.zero_()
+        else:
+            torch.mul(g_next, d, out=grad_v0)
+    grad_decay = None
+    if need_grad_decay:
+        if acc is None:
+            grad_decay = torch.zeros_like(decay)
+        elif decay.dim() == 1:
             grad_decay = acc.sum(dim=[i for i in range(acc.dim()) if i != 1])
         else:
             grad_decay = acc.sum().reshape(())
     return grad_x, grad_v0, grad_decay
+
+
+def _carry(gv: Tensor | None, g_next: Tensor | None, d: Tensor, tmp: Tensor) -> Tensor | None:
+    """``dL/dv[t] = gv[t] + decay * gh[t+1]`` with either term possibly absent (``None`` when both are)."""
+    if g_next is None:
+        return gv
+    if gv is None:
+        return torch.mul(g_next, d, out=tmp)
+    return torch.addcmul(gv, g_next, d, out=tmp)

@@ -1,22 +1,32 @@
 // decay_fire.cu -- fused multi-step kernels of the STBP decay-and-fire neuron.
 //
-// Layout: every sequence tensor is a contiguous [T, n] array (n = N * C * inner neurons per step, channel
-// c = (i / inner) % C); v0, v_last, grad_v0 are [n]; decay is [1] (per layer) or [C] (per channel).
-// One thread owns V consecutive neurons (V = 1, or the vector width when every pointer is aligned and n % V == 0)
-// and walks the whole sequence, so the recurrence never leaves registers.
+// Layout: every sequence tensor is [T, n] with each step one dense block of n elements (n = N * C * inner
+// neurons; any dense non-overlapping order inside a step: contiguous, channels_last, ...). Channel of the
+// element at offset i of a step: c = (i / channel_stride) % channels, channel_stride = the stride of the channel
+// dimension. v0, v_last, grad_v0 are one step [n]; decay is [1] (per layer) or [channels] (per channel).
+// One thread owns V consecutive elements (V = 1, or the vector width when every pointer is aligned, n % V == 0
+// and channel_stride % V == 0) and walks the whole sequence, so the recurrence never leaves registers.
 //
 // Forward, per neuron (state type S = float, or double for double inputs):
 //     h[t] = decay * v[t-1] + x[t];   o[t] = 1[h[t] >= v_th];   v[t] = h[t] * (1 - o[t])
-// writes spike[t] (input type X), h_seq[t] (S), and v_seq[t] (STORE_V_SEQ) or v_last.
+// writes spike[t] (input type X); the saved state for backward (SAVE = 0: nothing (inference), 1: h[t] in S,
+// 2: d[t] = h[t] - v_th as __half with the sign bit forced to !o[t]); v_seq[t] (v_every_step) or v_last.
+// v0 == nullptr is the zero state (not read).
 //
 // Backward (BPTT), t = T-1 .. 0, gh[T] = 0:
 //     sg[t]  = surrogate'(h[t] - v_th)
 //     a[t]   = (1 - o[t]) - h[t] * sg[t]           (1 - o[t] with DETACH_RESET)
 //     gh[t]  = gs[t] * sg[t] + a[t] * (gv[t] + decay * gh[t+1])
 //     grad_x[t] = gh[t];  grad_v0 = decay * gh[0];  dL/ddecay = sum_t gh[t] * v[t-1]
-// gv[t] is grad_v_seq[t] (STORE_V_SEQ) or grad_v_last at t = T-1 and 0 elsewhere. The decay gradient is
-// written as one partial sum per thread (its V neurons, all in one channel) into decay_partial; the host
-// reduces that buffer (sum, or per-channel sum), so there are no atomics.
+// h[t] comes from the saved state (HALF_SAVED: h = v_th + d, o = sign bit of d clear). gs is grad_spike, gv is
+// grad_v: every step (gv_every_step) or only t = T-1 (grad of v_last). An incoming gradient is addressed as
+// p[t * tstride + i * nstride] with nstride 0 (one value per step, e.g. an expanded ones tensor) or 1, and may
+// be nullptr (no gradient: not read). grad_v0 == nullptr: not written. The decay gradient is written as one
+// partial sum per thread (its V neurons, all in one channel) into decay_partial (nullptr: not wanted); the host
+// reduces that buffer, so there are no atomics. v0 is read only for the decay gradient.
+//
+// Every global access goes through ld/st/VecIO below, which call SJR_ON_LOAD / SJR_ON_STORE: empty for the
+// GPU; the host shim (host_shim.cuh) defines them to count the bytes each launch moves.
 //
 // The same text is compiled by NVRTC at run time (CuPy RawModule), by nvcc in the tests, and by g++ with
 // host_shim.cuh to run on the CPU. Keep it free of anything only one of them understands.
@@ -31,6 +41,16 @@
 #ifndef SJR_MIN_BLOCKS
 #define SJR_MIN_BLOCKS 1
 #endif
+#ifndef SJR_ON_LOAD
+#define SJR_ON_LOAD(ptr, bytes)
+#endif
+#ifndef SJR_ON_STORE
+#define SJR_ON_STORE(ptr, bytes)
+#endif
+
+#define SJR_SAVE_NONE 0
+#define SJR_SAVE_STATE 1
+#define SJR_SAVE_HALF 2
 
 namespace sjr {
 
@@ -38,6 +58,9 @@ namespace sjr {
 template <typename X> struct State { using type = float; };
 template <> struct State<double> { using type = double; };
 template <typename X> using state_t = typename State<X>::type;
+
+template <bool B, typename A, typename C> struct Pick { using type = A; };
+template <typename A, typename C> struct Pick<false, A, C> { using type = C; };
 
 __device__ __forceinline__ float to_state(float x) { return x; }
 __device__ __forceinline__ float to_state(__half x) { return __half2float(x); }
@@ -52,7 +75,30 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_state<__nv_bfloat16>(f
 }
 template <> __device__ __forceinline__ double from_state<double>(double s) { return s; }
 
-// ---- vector memory access: V elements moved as 16/8/4/2-byte words ------------------------------------------
+// d = h - v_th as __half, sign bit = "did not fire" (so -0 and a flushed denormal keep the decision).
+template <typename S>
+__device__ __forceinline__ __half encode_half(S diff, bool fire) {
+    __half_raw raw = __float2half_rn(float(diff));
+    raw.x = (unsigned short)((raw.x & 0x7fffu) | (fire ? 0u : 0x8000u));
+    return __half(raw);
+}
+__device__ __forceinline__ bool half_fired(__half d) {
+    const __half_raw raw = d;
+    return (raw.x & 0x8000u) == 0;
+}
+
+// ---- global memory access: scalars, and V elements moved as 16/8/4/2-byte words ----------------------------
+template <typename T>
+__device__ __forceinline__ T ld(const T* __restrict__ p) {
+    SJR_ON_LOAD(p, sizeof(T));
+    return *p;
+}
+template <typename T>
+__device__ __forceinline__ void st(T* __restrict__ p, T v) {
+    SJR_ON_STORE(p, sizeof(T));
+    *p = v;
+}
+
 template <int BYTES> struct Word;
 template <> struct Word<16> { using type = uint4; };
 template <> struct Word<8> { using type = uint2; };
@@ -70,7 +116,7 @@ struct VecIO {
     static __device__ __forceinline__ void load(const T* __restrict__ p, T (&out)[V]) {
 #pragma unroll
         for (int c = 0; c < BYTES / CHUNK; ++c) {
-            const W w = reinterpret_cast<const W*>(p)[c];
+            const W w = ld(reinterpret_cast<const W*>(p) + c);
             memcpy(reinterpret_cast<char*>(out) + c * CHUNK, &w, CHUNK);
         }
     }
@@ -79,35 +125,53 @@ struct VecIO {
         for (int c = 0; c < BYTES / CHUNK; ++c) {
             W w;
             memcpy(&w, reinterpret_cast<const char*>(in) + c * CHUNK, CHUNK);
-            reinterpret_cast<W*>(p)[c] = w;
+            st(reinterpret_cast<W*>(p) + c, w);
+        }
+    }
+    // p[i0 .. i0 + V) when nstride == 1, else the one value p[0] for all V (an expanded, stride-0 tensor).
+    static __device__ __forceinline__ void load_bcast(const T* __restrict__ p, long long i0, int nstride,
+                                                      T (&out)[V]) {
+        if (nstride) {
+            load(p + i0, out);
+        } else {
+            const T v = ld(p);
+#pragma unroll
+            for (int k = 0; k < V; ++k) out[k] = v;
         }
     }
 };
 
-// The decay of the V neurons starting at i0 (they share one channel: the launcher guarantees inner % V == 0
-// whenever channels > 1 and V > 1).
+// The decay of the V neurons starting at i0 (they share one channel: the launcher guarantees
+// channel_stride % V == 0 whenever channels > 1 and V > 1).
 template <typename S>
-__device__ __forceinline__ S load_decay(const S* __restrict__ decay, long long i0, long long inner, int channels) {
-    return channels == 1 ? decay[0] : decay[(i0 / inner) % channels];
+__device__ __forceinline__ S load_decay(const S* __restrict__ decay, long long i0, long long channel_stride,
+                                        int channels) {
+    return channels == 1 ? ld(decay) : ld(decay + (i0 / channel_stride) % channels);
 }
 
 // ---- forward -----------------------------------------------------------------------------------------------
-template <typename X, int V, bool STORE_V_SEQ>
+template <typename X, int V, int SAVE>
 __global__ void __launch_bounds__(SJR_BLOCK, SJR_MIN_BLOCKS) decay_fire_forward(
-    const X* __restrict__ x,          // [T, n]
-    const state_t<X>* __restrict__ v0,     // [n]
-    const state_t<X>* __restrict__ decay,  // [1] or [channels]
-    X* __restrict__ spike,            // [T, n]
-    state_t<X>* __restrict__ h_seq,   // [T, n]
-    state_t<X>* __restrict__ v_out,   // [T, n] (STORE_V_SEQ) or [n]
-    state_t<X> v_th, long long n, int T, long long inner, int channels) {
+    const X* __restrict__ x,                 // [T, n]
+    const state_t<X>* __restrict__ v0,       // [n] or nullptr (zero state)
+    const state_t<X>* __restrict__ decay,    // [1] or [channels]
+    X* __restrict__ spike,                   // [T, n]
+    typename Pick<SAVE == SJR_SAVE_HALF, __half, state_t<X>>::type* __restrict__ saved,  // [T, n]; unused if NONE
+    state_t<X>* __restrict__ v_out,          // [T, n] (v_every_step) or [n]
+    state_t<X> v_th, long long n, int T, long long channel_stride, int channels, int v_every_step) {
     using S = state_t<X>;
+    using Saved = typename Pick<SAVE == SJR_SAVE_HALF, __half, S>::type;
     const long long i0 = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i0 >= n) return;
-    const S d = load_decay(decay, i0, inner, channels);
+    const S d = load_decay(decay, i0, channel_stride, channels);
 
     S v[V];
-    VecIO<S, V>::load(v0 + i0, v);
+    if (v0 != nullptr) {
+        VecIO<S, V>::load(v0 + i0, v);
+    } else {
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[k] = S(0);
+    }
     X x_next[V];
     VecIO<X, V>::load(x + i0, x_next);
 #pragma unroll 1
@@ -117,95 +181,99 @@ __global__ void __launch_bounds__(SJR_BLOCK, SJR_MIN_BLOCKS) decay_fire_forward(
 #pragma unroll
         for (int k = 0; k < V; ++k) x_cur[k] = x_next[k];
         if (t + 1 < T) VecIO<X, V>::load(x + off + n, x_next);  // prefetch the next step
-        S h[V];
+        Saved sv[V];
         X s[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-            h[k] = d * v[k] + to_state(x_cur[k]);
-            const bool fire = h[k] >= v_th;
+            const S h = d * v[k] + to_state(x_cur[k]);
+            const bool fire = h >= v_th;
             s[k] = from_state<X>(fire ? S(1) : S(0));
-            v[k] = h[k] * (fire ? S(0) : S(1));
+            v[k] = h * (fire ? S(0) : S(1));
+            if constexpr (SAVE == SJR_SAVE_HALF) sv[k] = encode_half(h - v_th, fire);
+            else if constexpr (SAVE == SJR_SAVE_STATE) sv[k] = h;
         }
-        VecIO<S, V>::store(h_seq + off, h);
+        if constexpr (SAVE != SJR_SAVE_NONE) VecIO<Saved, V>::store(saved + off, sv);
         VecIO<X, V>::store(spike + off, s);
-        if constexpr (STORE_V_SEQ) VecIO<S, V>::store(v_out + off, v);
+        if (v_every_step) VecIO<S, V>::store(v_out + off, v);
     }
-    if constexpr (!STORE_V_SEQ) VecIO<S, V>::store(v_out + i0, v);
+    if (!v_every_step) VecIO<S, V>::store(v_out + i0, v);
 }
 
 // ---- backward ----------------------------------------------------------------------------------------------
-template <typename X, int V, int SID, bool DETACH_RESET, bool STORE_V_SEQ>
+template <typename X, int V, int SID, bool DETACH_RESET, bool HALF_SAVED>
 __global__ void __launch_bounds__(SJR_BLOCK, SJR_MIN_BLOCKS) decay_fire_backward(
-    const X* __restrict__ grad_spike,      // [T, n]
-    const state_t<X>* __restrict__ grad_v,      // [T, n] (STORE_V_SEQ) or [n] (grad of v_last)
-    const state_t<X>* __restrict__ h_seq,       // [T, n]
-    const state_t<X>* __restrict__ v0,          // [n]
-    const state_t<X>* __restrict__ decay,       // [1] or [channels]
-    X* __restrict__ grad_x,                // [T, n]
-    state_t<X>* __restrict__ grad_v0,           // [n]
-    state_t<X>* __restrict__ decay_partial,     // [n / V] or nullptr (no decay gradient wanted)
-    state_t<X> v_th, state_t<X> alpha, long long n, int T, long long inner, int channels) {
+    const X* __restrict__ grad_spike,        // [T, n] (strided, see the header) or nullptr
+    long long gs_tstride, int gs_nstride,
+    const state_t<X>* __restrict__ grad_v,   // [T, n] (gv_every_step) or [n], strided, or nullptr
+    long long gv_tstride, int gv_nstride, int gv_every_step,
+    const typename Pick<HALF_SAVED, __half, state_t<X>>::type* __restrict__ saved,  // [T, n]
+    const state_t<X>* __restrict__ v0,       // [n] or nullptr (zero state); read only for the decay gradient
+    const state_t<X>* __restrict__ decay,    // [1] or [channels]
+    X* __restrict__ grad_x,                  // [T, n]
+    state_t<X>* __restrict__ grad_v0,        // [n] or nullptr (not wanted)
+    state_t<X>* __restrict__ decay_partial,  // [ceil(n / V)] or nullptr (no decay gradient wanted)
+    state_t<X> v_th, state_t<X> alpha, long long n, int T, long long channel_stride, int channels) {
     using S = state_t<X>;
+    using Saved = typename Pick<HALF_SAVED, __half, S>::type;
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long i0 = tid * V;
     if (i0 >= n) return;
-    const S d = load_decay(decay, i0, inner, channels);
+    const S d = load_decay(decay, i0, channel_stride, channels);
 
-    S gh[V];      // dL/dh[t+1] while processing step t
-    S g_in[V];    // gradient arriving at v[t] from outside: grad_v_last at t = T-1, 0 later (no STORE_V_SEQ)
-    if constexpr (!STORE_V_SEQ) {
-        VecIO<S, V>::load(grad_v + i0, g_in);
-    }
+    S gh[V];  // dL/dh[t+1] while processing step t
 #pragma unroll
     for (int k = 0; k < V; ++k) gh[k] = S(0);
     S acc = S(0);  // sum_t gh[t+1] * v[t] over this thread's neurons
 
-    long long off = (long long)(T - 1) * n + i0;
-    X gs_next[V];
-    S h_next[V], gv_next[V];
-    VecIO<X, V>::load(grad_spike + off, gs_next);
-    VecIO<S, V>::load(h_seq + off, h_next);
-    if constexpr (STORE_V_SEQ) VecIO<S, V>::load(grad_v + off, gv_next);
 #pragma unroll 1
     for (int t = T - 1; t >= 0; --t) {
+        const long long off = (long long)t * n + i0;
+        Saved sv[V];
+        VecIO<Saved, V>::load(saved + off, sv);
         X gs[V];
-        S h[V], gv[V];
-#pragma unroll
-        for (int k = 0; k < V; ++k) {
-            gs[k] = gs_next[k];
-            h[k] = h_next[k];
-            if constexpr (STORE_V_SEQ) gv[k] = gv_next[k];
-            else gv[k] = g_in[k];
-        }
-        if (t > 0) {  // prefetch the previous step
-            VecIO<X, V>::load(grad_spike + off - n, gs_next);
-            VecIO<S, V>::load(h_seq + off - n, h_next);
-            if constexpr (STORE_V_SEQ) VecIO<S, V>::load(grad_v + off - n, gv_next);
-        }
+        if (grad_spike != nullptr) VecIO<X, V>::load_bcast(grad_spike + t * gs_tstride, i0, gs_nstride, gs);
+        S gv[V];
+        const bool has_gv = grad_v != nullptr && (gv_every_step || t == T - 1);
+        if (has_gv) VecIO<S, V>::load_bcast(grad_v + (gv_every_step ? t * gv_tstride : 0), i0, gv_nstride, gv);
         X gx[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-            const S sg = surrogate_grad<SID, S>(h[k] - v_th, alpha);
-            const S not_fired = h[k] >= v_th ? S(0) : S(1);
-            const S a = DETACH_RESET ? not_fired : not_fired - h[k] * sg;
-            acc += gh[k] * (h[k] * not_fired);
-            gh[k] = to_state(gs[k]) * sg + a * (gv[k] + d * gh[k]);
-            gx[k] = from_state<X>(gh[k]);
-            if constexpr (!STORE_V_SEQ) g_in[k] = S(0);
+            S h;
+            bool fired;
+            if constexpr (HALF_SAVED) {
+                h = v_th + S(__half2float(sv[k]));
+                fired = half_fired(sv[k]);
+            } else {
+                h = sv[k];
+                fired = h >= v_th;
+            }
+            const S sg = surrogate_grad<SID, S>(h - v_th, alpha);
+            const S not_fired = fired ? S(0) : S(1);
+            const S a = DETACH_RESET ? not_fired : not_fired - h * sg;
+            acc += gh[k] * (h * not_fired);
+            S g = d * gh[k];
+            if (has_gv) g += gv[k];
+            g *= a;
+            if (grad_spike != nullptr) g += to_state(gs[k]) * sg;
+            gh[k] = g;
+            gx[k] = from_state<X>(g);
         }
         VecIO<X, V>::store(grad_x + off, gx);
-        off -= n;
     }
-    S gv0[V];
+    if (grad_v0 != nullptr) {
+        S gv0[V];
 #pragma unroll
-    for (int k = 0; k < V; ++k) gv0[k] = d * gh[k];
-    VecIO<S, V>::store(grad_v0 + i0, gv0);
+        for (int k = 0; k < V; ++k) gv0[k] = d * gh[k];
+        VecIO<S, V>::store(grad_v0 + i0, gv0);
+    }
     if (decay_partial != nullptr) {
-        S v_init[V];
-        VecIO<S, V>::load(v0 + i0, v_init);
+        if (v0 != nullptr) {
+            S v_init[V];
+            VecIO<S, V>::load(v0 + i0, v_init);
 #pragma unroll
-        for (int k = 0; k < V; ++k) acc += gh[k] * v_init[k];
-        decay_partial[tid] = acc;
+            for (int k = 0; k < V; ++k) acc += gh[k] * v_init[k];
+        }
+        st(decay_partial + tid, acc);
     }
 }
 

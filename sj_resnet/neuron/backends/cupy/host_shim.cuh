@@ -6,6 +6,11 @@
 // argument). Kernels that use __syncthreads, shared memory or warp intrinsics cannot run this way; the
 // decay-and-fire kernels use none of them on purpose (one thread per neuron, no inter-thread communication).
 //
+// Byte counting: decay_fire.cu routes every global load/store through SJR_ON_LOAD/SJR_ON_STORE, defined here to
+// append (address, bytes, is_store) to sjr_host::traffic_log while sjr_host::traffic_enabled is set. The test
+// library exports the log (kernel_host.py), so a host run of the unmodified kernel text reports exactly which
+// bytes each launch read and wrote.
+//
 // __half / __nv_bfloat16 come from NVIDIA's own cuda_fp16.h / cuda_bf16.h, whose conversions are host-callable;
 // those headers also define __device__/__global__/__forceinline__ for a host compiler.
 #pragma once
@@ -14,7 +19,9 @@
 #include <cstddef>
 #include <cstring>
 #include <type_traits>
+#include <cstdint>
 #include <utility>
+#include <vector>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -27,6 +34,23 @@
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
+
+namespace sjr_host {
+struct Access {
+    std::uintptr_t address;
+    std::uint32_t bytes;
+    std::uint32_t is_store;
+};
+inline std::vector<Access> traffic_log;
+inline bool traffic_enabled = false;
+inline void record(const void* p, std::size_t bytes, bool is_store) {
+    if (traffic_enabled)
+        traffic_log.push_back({reinterpret_cast<std::uintptr_t>(p), static_cast<std::uint32_t>(bytes), is_store});
+}
+}  // namespace sjr_host
+
+#define SJR_ON_LOAD(ptr, bytes) ::sjr_host::record((ptr), (bytes), false)
+#define SJR_ON_STORE(ptr, bytes) ::sjr_host::record((ptr), (bytes), true)
 
 // The built-in thread coordinates, one copy per host thread.
 inline thread_local uint3 threadIdx;
