@@ -110,3 +110,20 @@ def test_sj_lif_setup_is_the_stbp_neuron():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="Rect and ATan"):
         common.sj_surrogate("Sigmoid")
+
+
+def test_result_path_never_replaces_an_earlier_run(tmp_path):
+    import torch
+
+    from benchmarks import common
+
+    cpu = torch.device("cpu")
+    first = common.result_path("neuron_cpu", cpu, tmp_path, threads=1)
+    common.write_json(first, {"benchmark": "neuron_cpu"})
+    second = common.result_path("neuron_cpu", cpu, tmp_path, threads=1)
+    common.write_json(second, {"benchmark": "neuron_cpu", "run": 2})
+    third = common.result_path("neuron_cpu", cpu, tmp_path, threads=1)
+    assert first.name.endswith("-1t-" + common.today() + ".json")
+    assert second.name == first.name.replace(".json", "-2.json")
+    assert third.name == first.name.replace(".json", "-3.json") and not third.exists()
+    assert "run" not in json.loads(first.read_text())  # the first run's file is untouched
