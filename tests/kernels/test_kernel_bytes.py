@@ -273,38 +273,30 @@ def test_counted_bytes_channels_last_per_channel(host_kernels, mode):
     run_cl_mode(host_kernels, *mode)
 
 
-def doc_rows() -> dict[tuple[str, ...], tuple[int, int]]:
-    """``{(dtype, phase, state, saved): (read, write)}`` parsed from the byte table of docs/cuda_backend.md."""
-    rows = {}
-    for line in DOC.read_text().splitlines():
-        m = re.match(r"\|\s*(fp32|bf16)\s*\|\s*(train-fwd|bwd|infer-fwd)\s*\|\s*(fresh|carried)\s*\|"
-                     r"\s*(fp32|fp16|–)\s*\|" + r"\s*([\d ]+)\s*\|" * 4, line)
-        if m:
-            read, write = int(m.group(5).replace(" ", "")), int(m.group(6).replace(" ", ""))
-            counted = int(m.group(7).replace(" ", "")), int(m.group(8).replace(" ", ""))
-            assert (read, write) == counted, line
-            rows[(m.group(1), m.group(2), m.group(3), "fp32" if m.group(4) == "–" else m.group(4))] = (read, write)
-    return rows
+_ROW = (r"\s*(fp32|bf16)\s*\|\s*(train-fwd|bwd|infer-fwd)\s*\|\s*(fresh|carried)\s*\|\s*(fp32|fp16|–)\s*\|"
+        + r"\s*([\d ]+)\s*\|" * 4)
 
 
-def doc_cl_rows() -> dict[tuple[str, ...], tuple[int, int]]:
-    """The channels_last per-channel table of docs/cuda_backend.md, keyed like ``CL_MODES``."""
+def doc_rows(layout: str | None = None) -> dict[tuple[str, ...], tuple[int, int]]:
+    """``{(dtype, phase, state, saved): (read, write)}`` parsed from the byte table of docs/cuda_backend.md, or with
+    ``layout`` the rows of the table whose first column is that layout, keyed ``(layout, dtype, ...)``; each row's
+    minimum must equal its counted numbers."""
     rows = {}
+    head = r"\|" + (rf"\s*({layout})\s*\|" if layout else "")
     for line in DOC.read_text().splitlines():
-        m = re.match(r"\|\s*(channels_last)\s*\|\s*(fp32|bf16)\s*\|\s*(train-fwd|bwd|infer-fwd)\s*\|"
-                     r"\s*(fresh|carried)\s*\|\s*(fp32|fp16|–)\s*\|" + r"\s*([\d ]+)\s*\|" * 4, line)
+        m = re.match(head + _ROW, line)
         if m:
-            read, write = int(m.group(6).replace(" ", "")), int(m.group(7).replace(" ", ""))
-            counted = int(m.group(8).replace(" ", "")), int(m.group(9).replace(" ", ""))
-            assert (read, write) == counted, line
-            saved = "fp32" if m.group(5) == "–" else m.group(5)
-            rows[(m.group(1), m.group(2), m.group(3), m.group(4), saved)] = (read, write)
+            *key, read, write, counted_read, counted_write = m.groups()
+            nums = [int(v.replace(" ", "")) for v in (read, write, counted_read, counted_write)]
+            assert nums[:2] == nums[2:], line
+            key[-1] = "fp32" if key[-1] == "–" else key[-1]
+            rows[tuple(key)] = (nums[0], nums[1])
     return rows
 
 
 def test_docs_channels_last_table_states_the_counted_numbers(host_kernels):
     """The channels_last (C = 8) rows of the second table: every mode, the counted numbers."""
-    rows = doc_cl_rows()
+    rows = doc_rows("channels_last")
     modes = [m for m in CL_MODES if m[0] == "channels_last"]
     assert set(rows) == set(modes)
     for mode in modes:
