@@ -136,7 +136,8 @@ def train(args: argparse.Namespace) -> dict:
 
     obs, _ = envs.reset(seed=args.seed)
     running = np.zeros(args.num_envs)  # return so far of each env's current episode
-    history = {"episode_returns": [], "evals": []}  # evals: (episodes done, env steps, wall s, mean return)
+    # evals: (episodes done, env steps, wall s, mean return); confirmations: (episodes done, mean return)
+    history = {"episode_returns": [], "evals": [], "confirmations": []}
     start, cpu_start, steps, updates, solved = time.perf_counter(), time.process_time(), 0, 0, None
     best_return, best_state = -1.0, None
     while steps < args.max_steps and time.perf_counter() - start < args.max_seconds:
@@ -198,6 +199,7 @@ def train(args: argparse.Namespace) -> dict:
                 # fresh 20-episode evaluation of the same network on unseen episode seeds, and it must pass too.
                 confirmed = evaluate(q_net, args.eval_episodes, seed=1_000_000 + steps)
                 print(f"    confirmation on {args.eval_episodes} fresh episodes: {confirmed:.1f}", flush=True)
+                history["confirmations"].append((n_ep, confirmed))
                 if confirmed >= args.target:
                     solved = {"steps": steps, "episodes": n_ep, "wall_s": time.perf_counter() - start,
                               "return": confirmed}
@@ -224,6 +226,8 @@ def plot(history: dict, path: str, title: str) -> None:
     if history["evals"]:
         ep, _, _, ret = zip(*history["evals"], strict=True)
         ax.plot(ep, ret, "o-", ms=3, label="greedy eval (mean of 20)")
+    for i, (ep, ret) in enumerate(history["confirmations"]):
+        ax.plot(ep, ret, "k*", ms=8, label=None if i else "confirmation (20 fresh episodes)")
     ax.axhline(475, color="k", ls=":", lw=0.8, label="target 475")
     ax.set(xlabel="training episode", ylabel="return", title=title, ylim=(0, 520))
     ax.legend(fontsize=7, loc="upper left")
