@@ -22,9 +22,15 @@ budget and the membrane readout none. With decay 0.25 the membrane weights the l
 
 The learning algorithm is a textbook DQN: replay buffer, target network (an exponential moving average of the
 online weights, torch's ``AveragedModel``), ε-greedy exploration decaying linearly, Double-DQN targets, Huber loss,
-Adam, gradient-norm clipping. Environments are stepped as a gymnasium vector env. Every ``--eval-every``
-environment steps the greedy policy is evaluated on 20 fresh episodes; training stops when their mean return
-reaches ``--target`` (475 of CartPole-v1's maximum 500) or the budget runs out.
+Adam, gradient-norm clipping, and 3-step returns (``R = r_t + γ r_{t+1} + γ² r_{t+2}``, bootstrapped with
+``γ³ Q'``): measured on seeds 1 and 2, they turned a DQN that peaked below 475 and then drifted into one that
+solves the task (docs/examples/README.md). Environments are stepped as a gymnasium vector env.
+
+Every ``--eval-every`` environment steps the greedy policy plays 20 episodes. When their mean return reaches
+``--target`` (475 of CartPole-v1's maximum 500), the same network plays 20 *fresh* episodes (unseen seeds); the
+run stops if that confirmation also reaches the target, and reports the confirmation (the evaluation that crossed
+the target is the luckiest of many draws). If the wall-clock budget ``--max-seconds`` runs out first, the best
+evaluated network is restored and its return on 20 fresh episodes is reported.
 The script saves the return-vs-episode curve as a PNG.
 
 Run:
@@ -38,6 +44,8 @@ Needs ``gymnasium`` (``pip install -e ".[examples]"``).
 from __future__ import annotations
 
 import argparse
+import collections
+import copy
 import time
 
 import gymnasium as gym
@@ -117,16 +125,21 @@ def train(args: argparse.Namespace) -> dict:
     target_net = AveragedModel(q_net, multi_avg_fn=get_ema_multi_avg_fn(1.0 - args.tau))
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.lr)
 
-    # Replay buffer: preallocated tensors used as a ring.
+    # Replay buffer: preallocated tensors used as a ring. An entry is an n-step transition: observation o_t, action
+    # a_t, return R = sum_{k<m} gamma^k r_{t+k}, the observation o_{t+m} to bootstrap from and its discount gamma^m
+    # (0 if the episode terminated within those m <= n steps; a time-limit truncation is not terminal).
     size = args.buffer_size
     buf_obs, buf_next = torch.zeros(size, obs_dim), torch.zeros(size, obs_dim)
-    buf_act, buf_rew, buf_done = torch.zeros(size, dtype=torch.long), torch.zeros(size), torch.zeros(size)
+    buf_act, buf_ret, buf_disc = torch.zeros(size, dtype=torch.long), torch.zeros(size), torch.zeros(size)
     filled = pos = 0
+    pending = [collections.deque() for _ in range(args.num_envs)]  # per env: its last < n (obs, action, reward)
 
     obs, _ = envs.reset(seed=args.seed)
     running = np.zeros(args.num_envs)  # return so far of each env's current episode
-    history = {"episode_returns": [], "evals": []}  # evals: (episodes done, env steps, wall s, mean return)
-    start, steps, solved = time.perf_counter(), 0, None
+    # evals: (episodes done, env steps, wall s, mean return); confirmations: (episodes done, mean return)
+    history = {"episode_returns": [], "evals": [], "confirmations": []}
+    start, cpu_start, steps, updates, solved = time.perf_counter(), time.process_time(), 0, 0, None
+    best_return, best_state = -1.0, None
     while steps < args.max_steps and time.perf_counter() - start < args.max_seconds:
         # ε-greedy action for every env.
         eps = max(args.eps_end, 1.0 - (1.0 - args.eps_end) * steps / args.eps_decay_steps)
@@ -139,46 +152,66 @@ def train(args: argparse.Namespace) -> dict:
         real_next = next_obs.copy()
         if done.any():  # the true last observation of finished episodes (next_obs is already a reset)
             real_next[done] = np.stack(info["final_obs"][done])
-        slots = (pos + torch.arange(args.num_envs)) % size  # store; a time-limit truncation is not terminal
-        buf_obs[slots], buf_next[slots] = torch.as_tensor(obs), torch.as_tensor(real_next)
-        buf_act[slots], buf_rew[slots] = torch.as_tensor(actions), torch.as_tensor(rewards, dtype=torch.float32)
-        buf_done[slots] = torch.as_tensor(terminated, dtype=torch.float32)
-        pos, filled = (pos + args.num_envs) % size, min(filled + args.num_envs, size)
+        for i in range(args.num_envs):  # emit the oldest step once n rewards follow it, all of them at episode end
+            pending[i].append((torch.tensor(obs[i]), int(actions[i]), float(rewards[i])))
+            while len(pending[i]) == args.n_step or (done[i] and pending[i]):
+                ret = sum(args.gamma**k * r for k, (_, _, r) in enumerate(pending[i]))
+                disc = 0.0 if terminated[i] else args.gamma ** len(pending[i])
+                o, a, _ = pending[i].popleft()
+                buf_obs[pos], buf_act[pos], buf_ret[pos] = o, a, ret
+                buf_next[pos], buf_disc[pos] = torch.as_tensor(real_next[i]), disc
+                pos, filled = (pos + 1) % size, min(filled + 1, size)
         running += rewards
         for i in np.flatnonzero(done):
             history["episode_returns"].append(float(running[i]))
             running[i] = 0.0
         obs, steps = next_obs, steps + args.num_envs
 
-        # One gradient step per vector step once the buffer holds enough transitions.
-        if filled >= args.learning_starts:
+        # --updates-per-step gradient steps per vector step once the buffer holds enough transitions.
+        for _ in range(args.updates_per_step if filled >= args.learning_starts else 0):
             idx = torch.randint(filled, (args.batch_size,))
-            o, a, r, o2, d = buf_obs[idx], buf_act[idx], buf_rew[idx], buf_next[idx], buf_done[idx]
+            o, a, ret, o2, disc = buf_obs[idx], buf_act[idx], buf_ret[idx], buf_next[idx], buf_disc[idx]
             with torch.no_grad():  # Double DQN: the online net picks the action, the target net values it
                 a2 = q_net(o2).argmax(1, keepdim=True)
-                target = r + args.gamma * (1.0 - d) * target_net(o2).gather(1, a2).squeeze(1)
+                target = ret + disc * target_net(o2).gather(1, a2).squeeze(1)
             q = q_net(o).gather(1, a.unsqueeze(1)).squeeze(1)
             loss = F.smooth_l1_loss(q, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # BPTT through the fused decay-and-fire op, surrogate gradient at each spike
             nn.utils.clip_grad_norm_(q_net.parameters(), args.grad_clip)
             optimizer.step()
-            target_net.update_parameters(q_net)
+            updates += 1
+            if updates % args.target_every == 0:
+                target_net.update_parameters(q_net)
 
         if steps % args.eval_every < args.num_envs and filled >= args.learning_starts:
             mean_return = evaluate(q_net, args.eval_episodes, seed=10_000 + steps)
-            wall = time.perf_counter() - start
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             n_ep = len(history["episode_returns"])
             history["evals"].append((n_ep, steps, wall, mean_return))
             recent = np.mean(history["episode_returns"][-10:]) if n_ep else 0.0
             print(f"step {steps:6d}  episodes {n_ep:4d}  eps {eps:.2f}  train return (last 10) {recent:6.1f}  "
-                  f"greedy eval {mean_return:6.1f}  wall {wall:5.0f} s", flush=True)
+                  f"greedy eval {mean_return:6.1f}  wall {wall:4.0f} s  CPU {cpu:4.0f} s", flush=True)
+            if mean_return > best_return:  # keep the best greedy network seen so far
+                best_return, best_state = mean_return, copy.deepcopy(q_net.state_dict())
             if mean_return >= args.target:
-                solved = {"steps": steps, "episodes": n_ep, "wall_s": wall, "return": mean_return}
-                break
+                # The evaluation that crossed the target is the best of many noisy draws; the number reported is a
+                # fresh 20-episode evaluation of the same network on unseen episode seeds, and it must pass too.
+                confirmed = evaluate(q_net, args.eval_episodes, seed=1_000_000 + steps)
+                print(f"    confirmation on {args.eval_episodes} fresh episodes: {confirmed:.1f}", flush=True)
+                history["confirmations"].append((n_ep, confirmed))
+                if confirmed >= args.target:
+                    solved = {"steps": steps, "episodes": n_ep, "wall_s": time.perf_counter() - start,
+                              "return": confirmed}
+                    break
     envs.close()
-    history["solved"], history["cpu_s"] = solved, time.process_time()
-    history["final_eval"] = history["evals"][-1][3] if history["evals"] else evaluate(q_net, args.eval_episodes, 1)
+    history["solved"], history["cpu_s"] = solved, time.process_time() - cpu_start
+    if solved:
+        history["final_eval"] = solved["return"]
+    else:  # budget spent: restore the best evaluated network and evaluate it on fresh episodes
+        if best_state is not None:
+            q_net.load_state_dict(best_state)
+        history["final_eval"] = evaluate(q_net, args.eval_episodes, seed=2_000_000)
     return history
 
 
@@ -193,6 +226,8 @@ def plot(history: dict, path: str, title: str) -> None:
     if history["evals"]:
         ep, _, _, ret = zip(*history["evals"], strict=True)
         ax.plot(ep, ret, "o-", ms=3, label="greedy eval (mean of 20)")
+    for i, (ep, ret) in enumerate(history["confirmations"]):
+        ax.plot(ep, ret, "k*", ms=8, label=None if i else "confirmation (20 fresh episodes)")
     ax.axhline(475, color="k", ls=":", lw=0.8, label="target 475")
     ax.set(xlabel="training episode", ylabel="return", title=title, ylim=(0, 520))
     ax.legend(fontsize=7, loc="upper left")
@@ -209,12 +244,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--T", type=int, default=4, help="time steps per decision")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--num-envs", type=int, default=2, help="one gradient step per vector step")
+    p.add_argument("--updates-per-step", type=int, default=1, help="gradient steps per vector step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--gamma", type=float, default=0.99)
+    p.add_argument("--n-step", type=int, default=3, help="steps of reward summed before bootstrapping")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--buffer-size", type=int, default=50_000)
     p.add_argument("--learning-starts", type=int, default=1000)
-    p.add_argument("--tau", type=float, default=0.01, help="target-network update rate per gradient step")
+    p.add_argument("--tau", type=float, default=0.01, help="target-network update rate (1: hard copy)")
+    p.add_argument("--target-every", type=int, default=1, help="gradient steps between target-network updates")
     p.add_argument("--eps-end", type=float, default=0.1)
     p.add_argument("--eps-decay-steps", type=int, default=20_000)
     p.add_argument("--grad-clip", type=float, default=10.0)
@@ -222,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--target", type=float, default=475.0, help="stop when the greedy mean return reaches this")
     p.add_argument("--max-steps", type=int, default=200_000)
-    p.add_argument("--max-seconds", type=float, default=600.0)
+    p.add_argument("--max-seconds", type=float, default=600.0, help="wall-clock budget of the training loop")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the network is tiny: 1 is fastest)")
     p.add_argument("--plot", default=None, help="PNG path for the return curve (default: none with --quick, "
                    "spiking_dqn_seed<seed>.png otherwise)")
@@ -237,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"solved: greedy mean return {s['return']:.1f} >= {args.target:g} after {s['episodes']} episodes, "
               f"{s['steps']} env steps, {s['wall_s']:.0f} s wall, {history['cpu_s']:.0f} s CPU")
     else:
-        print(f"not solved within the budget; last greedy mean return {history['final_eval']:.1f}")
+        print(f"not solved within the budget ({history['cpu_s']:.0f} s CPU); best evaluated network on "
+              f"{args.eval_episodes} fresh episodes: {history['final_eval']:.1f}")
     print(f"final greedy mean return: {history['final_eval']:.1f} (a random policy gets ~22)")
     path = args.plot or (None if args.quick else f"spiking_dqn_seed{args.seed}.png")
     if path:
