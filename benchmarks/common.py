@@ -156,9 +156,19 @@ def today() -> str:
 
 
 def result_path(kind: str, device: torch.device, out_dir: Path | None = None, threads: int | None = None) -> Path:
-    """``benchmarks/results/<kind>-<device slug>[-<threads>t]-<date>.json`` (threads when set explicitly)."""
+    """``benchmarks/results/<kind>-<device slug>[-<threads>t]-<date>[-<n>].json`` (threads when set explicitly).
+
+    A file that already exists is never replaced: a second run on the same day gets ``-2``, ``-3``, ... (the
+    docs generator picks the newest run by the time stamp inside each file, not by its name).
+    """
     tag = f"-{threads}t" if threads and device.type == "cpu" else ""
-    return (out_dir or RESULTS_DIR) / f"{kind}-{device_slug(device)}{tag}-{today()}.json"
+    stem = f"{kind}-{device_slug(device)}{tag}-{today()}"
+    folder = out_dir or RESULTS_DIR
+    path, n = folder / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}-{n}.json"
+    return path
 
 
 def write_json(path: Path, payload: dict) -> Path:

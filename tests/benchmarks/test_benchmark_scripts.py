@@ -110,3 +110,41 @@ def test_sj_lif_setup_is_the_stbp_neuron():
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="Rect and ATan"):
         common.sj_surrogate("Sigmoid")
+
+
+def test_result_path_never_replaces_an_earlier_run(tmp_path):
+    import torch
+
+    from benchmarks import common
+
+    cpu = torch.device("cpu")
+    first = common.result_path("neuron_cpu", cpu, tmp_path, threads=1)
+    common.write_json(first, {"benchmark": "neuron_cpu"})
+    second = common.result_path("neuron_cpu", cpu, tmp_path, threads=1)
+    common.write_json(second, {"benchmark": "neuron_cpu", "run": 2})
+    third = common.result_path("neuron_cpu", cpu, tmp_path, threads=1)
+    assert first.name.endswith("-1t-" + common.today() + ".json")
+    assert second.name == first.name.replace(".json", "-2.json")
+    assert third.name == first.name.replace(".json", "-3.json") and not third.exists()
+    assert "run" not in json.loads(first.read_text())  # the first run's file is untouched
+
+
+def test_threads_benchmark_runs_the_command_per_policy(tmp_path):
+    """Two tiny fresh-process runs (passive and a short spin), one thread, no background load."""
+    from benchmarks import threads
+
+    out = tmp_path / "threads.json"
+    argv = ["--epochs", "2", "--threads", "1", "--waits", "passive", "spin1000", "--loads", "0", "--out", str(out),
+            "--train-args", "--dataset fake --fake-size 32 --width 4 --T 2 --batch-size 16 --image-size 8"]
+    assert threads.main(argv) == 0
+    p = json.loads(out.read_text())
+    assert [(r["wait"], r["threads"]) for r in p["summary"]] == [("passive", 1), ("spin1000", 1)]
+    assert all(_positive(r["img_s"]) for r in p["summary"])
+    assert all(len(r["img_s"]) == 2 for r in p["results"])
+
+
+def test_threads_benchmark_refuses_an_unknown_policy():
+    from benchmarks import threads
+
+    with pytest.raises(SystemExit, match="unknown wait policy"):
+        threads.main(["--waits", "sometimes"])
