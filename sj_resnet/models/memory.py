@@ -1,6 +1,7 @@
 """Memory modes of the spiking ResNets: what training keeps for the backward pass.
 
-One switch, ``memory=`` on every builder, :func:`~sj_resnet.models.create_model` and ``--memory`` in the CLI::
+One switch, ``memory=`` on every builder, :func:`~sj_resnet.models.create_model` and ``--memory`` in the CLI (the
+names, :class:`MemoryMode` and :func:`parse_memory` live in the torch-free ``choices.py``)::
 
     standard            what autograd saves: spikes, BN inputs and neuron states in the compute dtype
     compact             the same computation; binary tensors saved 1 bit per element, neuron state as fp16
