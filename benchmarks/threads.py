@@ -3,9 +3,9 @@
 Each configuration runs the real command (``sj-resnet train``, the default digits recipe, a few epochs) in a
 fresh process, so OpenMP reads its environment at start exactly as a user's run does, and records the
 training throughput (img/s) of every epoch after the first (the first includes warm-up). Background load is
-one or two ``nice -n 19`` busy loops (one per core), started for a block of runs and stopped after it. The
-configurations of one load level are interleaved (the order rotates between repetitions), so slow drifts of a
-shared host hit all of them alike.
+one or more busy loops (``nice -n 19`` unless ``--burner-nice`` says otherwise), started for a block of runs and
+stopped after it. The configurations of one load level are interleaved (the order rotates between repetitions),
+so slow drifts of a shared host hit all of them alike.
 
 Usage::
 
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--waits", nargs="+", default=["default", "passive"])
     p.add_argument("--loads", type=int, nargs="+", default=[0, 1],
-                   help="numbers of nice-19 busy loops beside the runs")
+                   help="numbers of busy loops beside the runs")
+    p.add_argument("--burner-nice", type=int, default=19, help="nice value of the busy loops (19: lowest priority)")
     p.add_argument("--train-args", default="", help="extra options of the train command, e.g. '--width 24'")
     p.add_argument("--out", type=Path, default=None, help="result JSON (default: benchmarks/results/threads-*.json)")
     args = p.parse_args(argv)
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="sjr-threads-") as tmp:
         for load in args.loads:
-            burners = [subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", _BURNER]) for _ in range(load)]
+            burner = ["nice", "-n", str(args.burner_nice), sys.executable, "-c", _BURNER]
+            burners = [subprocess.Popen(burner) for _ in range(load)]
             try:
                 configs = [(w, t) for w in args.waits for t in args.threads]
                 for rep in range(args.repeat):
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                         out = Path(tmp) / f"l{load}-{wait}-{threads}-{rep}"
                         res = run_once(wait, threads, args.epochs, out, args.train_args.split())
                         steady = statistics.median(res["img_s"][1:])
-                        print(f"load {load}  {wait:>12}  {threads} thr  img/s {steady:6.1f}  "
+                        print(f"load {load} (nice {args.burner_nice})  {wait:>12}  {threads} thr  img/s {steady:6.1f}  "
                               f"wall {res['wall_s']:6.1f} s  cpu {res['cpu_s']:6.1f} s", flush=True)
                         results.append({"load": load, "wait": wait, "threads": threads, "rep": rep,
                                         "steady_img_s": steady, **res})
@@ -123,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
               f"({row['runs']} runs)")
     path = args.out or common.result_path("threads", device)
     common.write_json(path, {"benchmark": "threads", "machine": machine, "epochs": args.epochs,
-                             "train_args": args.train_args, "summary": summary, "results": results})
+                             "train_args": args.train_args,
+                             "burner_nice": args.burner_nice, "summary": summary, "results": results})
     print(f"wrote {path}")
     return 0
 

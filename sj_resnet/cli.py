@@ -203,9 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from .train.threads import prefer_passive_wait
+    from .train.threads import prefer_wait_policy
 
-    prefer_passive_wait()  # before torch loads: OpenMP threads sleep at barriers (docs/training.md, "Threads")
+    prefer_wait_policy()  # before torch loads: the OpenMP wait for this machine's load (docs/training.md, "Threads")
 
     missing = _missing_train_packages()
     if missing:

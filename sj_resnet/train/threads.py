@@ -1,30 +1,39 @@
-"""The CPU thread policy of ``sj-resnet``: OpenMP threads that sleep instead of spinning, one per core.
+"""The CPU thread policy of ``sj-resnet``: one thread per core, and an OpenMP wait chosen by the machine's load.
 
-Why a busy host doubled the time: torch runs each operator's parallel loop on a team of OpenMP threads and ends
-it with a barrier. GNU OpenMP's default wait at a barrier is *active*: a thread that arrives first spins on its
-core for a while before it sleeps. When another process is runnable (even at ``nice 19``), the partner thread
-is often descheduled, and the spinning thread burns its own core's time slice waiting for it: a training step
-(several hundred small operators, several hundred barriers) then moves at the pace of the slowest thread and
-wastes the rest. Measured on the default digits step on a busy 2-core host (``docs/training.md``, "Threads"):
-with the default active wait, 2 threads took ~10x the wall time and ~12x the CPU time of 1 thread; with
-``OMP_WAIT_POLICY=PASSIVE`` 2 threads took the *same* CPU time as 1 and ~2.2x less wall time, with or without
-an extra ``nice 19`` busy loop. So:
+torch runs each operator's parallel loop on a team of OpenMP threads that meet at a barrier at its end, several
+hundred times per training step. How a thread waits there decides how a 2-thread run behaves beside other work.
+Measured with ``benchmarks/threads.py`` (the digits default, 2-core AMD EPYC; img/s of the training loop, medians;
+``docs/training.md``, "Threads"):
 
-* the ``sj-resnet`` command sets ``OMP_WAIT_POLICY=PASSIVE`` before torch loads (:func:`prefer_passive_wait`;
-  an explicit ``OMP_WAIT_POLICY`` in the environment wins), and
-* uses one thread per available core (torch's own default), split evenly between the processes of a CPU
-  ``torchrun`` job; ``--threads N`` overrides. Where the wait is not passive (torch loaded before the CLI ran,
-  e.g. ``sj_resnet.cli.main`` called in-process), a single process keeps the thread count it was given.
+=============================  ==========  ======================  ============================
+background                     threads     libgomp default wait    ``OMP_WAIT_POLICY=PASSIVE``
+=============================  ==========  ======================  ============================
+none                           1 / 2       269 / **358**           294 / 209
+one ``nice 19`` busy loop      1 / 2       273 / **406**           290 / 245
+two ``nice 0`` busy loops      1 / 2       155 / 58                205 / **171**
+=============================  ==========  ======================  ============================
 
-The thread count is fixed by the machine, not by its load at start, so the same command on the same machine
-runs the same trajectory (a different thread count changes the float summation order, hence the trajectory).
-This module imports torch only inside functions, so the CLI can call :func:`prefer_passive_wait` first.
+libgomp's default wait (spin ~300 000 iterations, then sleep) is the fastest while the machine has a core free
+for each of our threads, and a disaster when other runnable work of the same priority fills the cores: a thread
+spins while its partner waits for a time slice. Sleeping at once (passive) is the graceful choice then, and 40 %
+slower otherwise. The wait changes no result (the work is split the same way; only the waiting differs), so the
+command picks it per run from the machine's load at start, before torch loads (:func:`prefer_wait_policy`):
+passive when the runnable tasks of other processes (``/proc/loadavg``, sampled for 0.1 s) fill every core,
+libgomp's default otherwise. An explicit ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` wins.
+
+The thread count does change results (the float summation order), so it depends on the machine only, never on
+its load: one thread per available core, split evenly between the processes of a CPU ``torchrun`` job;
+``--threads N`` overrides. Where the CLI could not choose the wait (torch was loaded before it ran, e.g.
+``sj_resnet.cli.main`` called in-process), a single process keeps the thread count it was given.
+This module imports torch only inside functions, so the CLI can call :func:`prefer_wait_policy` first.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import sys
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,6 +41,12 @@ if TYPE_CHECKING:
     import torch
 
 WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+SPIN_COUNT_ENV = "GOMP_SPINCOUNT"
+LOAD_SAMPLES = 20  # samples of /proc/loadavg's runnable-task count ...
+LOAD_INTERVAL_S = 0.005  # ... this far apart (0.1 s in all)
+
+# How this process's wait was chosen, for the header (set by prefer_wait_policy).
+_choice_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,19 +55,64 @@ class ThreadChoice:
     reason: str
 
 
-def prefer_passive_wait() -> None:
-    """Ask OpenMP threads to sleep at barriers (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a policy.
+def runnable_elsewhere(samples: int = LOAD_SAMPLES, interval_s: float = LOAD_INTERVAL_S) -> float | None:
+    """Median number of runnable tasks of other processes (``/proc/loadavg``'s 4th field minus this one).
 
-    OpenMP reads the variable when torch loads it; called after that, it changes nothing (see :func:`wait_policy`).
-    """
-    if "torch" not in sys.modules:
-        os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
+    ``None`` where ``/proc/loadavg`` does not exist (not Linux)."""
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        counts.append(max(0, running - 1))
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return float(statistics.median(counts))
+
+
+def busy_wait_policy(others: float | None, cores: int) -> str | None:
+    """``'PASSIVE'`` when other runnable work fills every core, else ``None`` (libgomp's default wait)."""
+    return "PASSIVE" if others is not None and others >= cores else None
+
+
+def prefer_wait_policy(others: float | None = None) -> None:
+    """Choose the OpenMP wait from the machine's load (see the module docstring), before torch loads.
+
+    ``others`` (tests): the runnable tasks of other processes; measured when ``None``. Does nothing once torch is
+    loaded (OpenMP has read its environment) or when the user set ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT``."""
+    global _choice_note
+    if "torch" in sys.modules or WAIT_POLICY_ENV in os.environ or SPIN_COUNT_ENV in os.environ:
+        return
+    cores = available_cores()
+    if others is None:
+        others = runnable_elsewhere()
+    policy = busy_wait_policy(others, cores)
+    load = "load unknown" if others is None else f"{others:g} runnable tasks elsewhere on {cores} cores"
+    if policy is not None:
+        os.environ[WAIT_POLICY_ENV] = policy
+    _choice_note = load
 
 
 def wait_policy() -> str:
-    """The OpenMP wait policy of this process, as the header prints it."""
+    """The OpenMP wait of this process, as the header prints it."""
     value = os.environ.get(WAIT_POLICY_ENV)
-    return f"OpenMP wait {value.lower()}" if value else "OpenMP wait default (active spin)"
+    spin = os.environ.get(SPIN_COUNT_ENV)
+    if value:
+        text = f"OpenMP wait {value.lower()}"
+    elif spin:
+        text = f"OpenMP wait: spin {spin}, then sleep"
+    else:
+        text = "OpenMP wait default (spin, then sleep)"
+    if _choice_note is not None:
+        return f"{text}, chosen for {_choice_note}"
+    return text if not (value or spin) else f"{text} (from the environment)"
+
+
+def wait_chosen() -> bool:
+    """Whether the CLI chose this process's wait (so one thread per core is safe to use)."""
+    return _choice_note is not None or WAIT_POLICY_ENV in os.environ or SPIN_COUNT_ENV in os.environ
 
 
 def available_cores() -> int:
@@ -76,9 +136,9 @@ def choose_threads(requested: int | None, device: torch.device, local_world_size
     if local_world_size > 1:
         return ThreadChoice(max(1, cores // local_world_size),
                             f"{cores} cores split between {local_world_size} processes; {wait_policy()}")
-    if os.environ.get(WAIT_POLICY_ENV, "").upper() != "PASSIVE":
-        # torch was loaded before the CLI could ask for passive waits (e.g. sj-resnet called in-process): threads
-        # that spin are the busy-host trap, so keep the caller's thread count instead of one per core
+    if not wait_chosen():
+        # torch was loaded before the CLI could choose the wait (e.g. sj-resnet called in-process): spinning
+        # threads on a busy host are the trap above, so keep the caller's thread count instead of one per core
         import torch
 
         return ThreadChoice(None, f"kept at {torch.get_num_threads()}; {wait_policy()}")

@@ -148,3 +148,13 @@ def test_threads_benchmark_refuses_an_unknown_policy():
 
     with pytest.raises(SystemExit, match="unknown wait policy"):
         threads.main(["--waits", "sometimes"])
+
+
+def test_recipe_cost_prices_each_configuration(capsys):
+    from benchmarks import recipe_cost
+
+    assert recipe_cost.main(["w=4,s=8,b=4,T=2", "w=8,s=8,b=4,T=2", "--rounds", "1", "--steps", "1"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "ms" in ln and "x" in ln]
+    assert len(lines) == 2 and lines[0].rstrip().endswith("1.00x")
+    with pytest.raises(SystemExit, match="bad configuration item"):
+        recipe_cost.parse_config("width=16")

@@ -47,7 +47,7 @@ TOL = {torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 2e-2, torch.flo
 @pytest.mark.parametrize("per_channel", [False, True], ids=["layer", "channel"])
 @pytest.mark.parametrize("store_v_seq", [False, True], ids=["vlast", "vseq"])
 def test_large_against_torch_backend(dtype, per_channel, store_v_seq):
-    T, shape = 8, (16, 64, 33, 31)  # 1 047 552 neurons per step; inner = 1023 (scalar path for per-channel)
+    T, shape = 8, (16, 64, 33, 31)  # 1 047 552 neurons per step; inner = 1023: vectors span channels
     if not per_channel:
         shape = (16, 64, 32, 32)  # vector path
     sdt = torch.float64 if dtype == torch.float64 else torch.float32
@@ -92,6 +92,30 @@ def test_channels_last_in_place_and_expanded_grads():
     b = torch_fused.backward(torch.ones_like(ref[2]), None, ref[2], None, decay, p, False, True)
     close(a[0], b[0], 2e-5, "grad_x")
     close(a[2], b[2], 1e-4, "grad_decay")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fp16_state_saturates_like_the_torch_backend(dtype):
+    """|h - V_th| beyond float16's range is saved as +-65504 (never inf), exactly like the torch backend."""
+    n = 1 << 20
+    mags = torch.tensor([6e4, 7e4, 1e6, 3e38, 0.25, 0.75], device=DEV, dtype=torch.float64)
+    sign = torch.where(torch.rand(4, n, device=DEV) < 0.5, -1.0, 1.0).double()
+    x = (mags[torch.arange(n, device=DEV) % 6] * sign + V_TH).to(dtype)
+    decay = torch.tensor(0.0625, device=DEV)  # |h| < 3e38 / (1 - decay) stays finite
+    p = P(saved_state="fp16")
+    s, v, d = cupy_backend.forward(x, None, decay, p, True)
+    s2, v2, d2 = torch_fused.forward(x, None, decay, p, True)
+    assert torch.equal(s, s2) and torch.equal(v, v2) and torch.equal(d.view(torch.int16), d2.view(torch.int16))
+    assert (d.float().abs() == 65504).any() and torch.isfinite(d.float()).all()
+    gs = torch.randn(x.shape, device=DEV).to(dtype)
+    for spec in SURROGATES:
+        for detach in (False, True):
+            q = P(spec.sid, float(spec.sj_class().alpha), detach, saved_state="fp16")
+            a = cupy_backend.backward(gs, None, d, None, decay, q, False, True)
+            b = torch_fused.backward(gs, None, d2, None, decay, q, False, True)
+            assert torch.isfinite(a[0]).all() and torch.isfinite(a[2]).all(), f"{spec.name} detach={detach}"
+            close(a[0], b[0], 2e-5 if dtype == torch.float32 else 2e-2, f"grad_x {spec.name} detach={detach}")
+            close(a[2], b[2], 1e-3, f"grad_decay {spec.name} detach={detach}")
 
 
 def test_non_contiguous_and_misaligned_inputs():

@@ -93,15 +93,12 @@ def test_grid_and_vector_choice():
     assert launch_plans.grid_for(launch_plans.BLOCK + 1, 1) == 2
     assert launch_plans.grid_for(4 * launch_plans.BLOCK + 4, 4) == 2
     aligned = [(4096, 4), (8192, 4)]
-    assert launch_plans.choose_vec("float32", 64, 1, 1, aligned, 0) == 4
-    assert launch_plans.choose_vec("float32", 66, 1, 1, aligned, 0) == 1  # ragged
-    assert launch_plans.choose_vec("float32", 64, 1, 1, [(4100, 4)], 0) == 1  # misaligned for 16-byte words
-    assert launch_plans.choose_vec("float32", 64, 1, 1, [(0, 4), (4096, 4)], 0) == 4  # null pointers don't count
-    assert launch_plans.choose_vec("float16", 64, 1, 1, [(4104, 2)], 0) == 4  # 8-byte words of fp16 are aligned
-    assert launch_plans.choose_vec("float32", 64, 6, 4, aligned, 0) == 1  # per-channel: channel_stride % 4 != 0
-    assert launch_plans.choose_vec("float32", 64, 8, 4, aligned, 0) == 4
-    assert launch_plans.choose_vec("float32", 64, 1, 4, aligned, 0) == 1  # channels_last: stride 1
-    assert launch_plans.choose_vec("float64", 64, 1, 1, aligned, 0) == 1
+    assert launch_plans.choose_vec("float32", 64, aligned, 0) == 4
+    assert launch_plans.choose_vec("float32", 66, aligned, 0) == 1  # ragged
+    assert launch_plans.choose_vec("float32", 64, [(4100, 4)], 0) == 1  # misaligned for 16-byte words
+    assert launch_plans.choose_vec("float32", 64, [(0, 4), (4096, 4)], 0) == 4  # null pointers don't count
+    assert launch_plans.choose_vec("float16", 64, [(4104, 2)], 0) == 4  # 8-byte words of fp16 are aligned
+    assert launch_plans.choose_vec("float64", 64, aligned, 0) == 1
 
 
 @pytest.mark.parametrize("sms", [1, 132])
@@ -109,8 +106,8 @@ def test_small_layers_run_one_neuron_per_thread(sms):
     """V > 1 only when n / V / BLOCK >= FILL_BLOCKS_PER_SM blocks per SM; below, one neuron per thread."""
     aligned = [(4096, 4)]
     edge = 4 * launch_plans.FILL_BLOCKS_PER_SM * sms * launch_plans.BLOCK  # smallest vectorised n
-    assert launch_plans.choose_vec("bfloat16", edge, 1, 1, aligned, sms) == 4
-    assert launch_plans.choose_vec("bfloat16", edge - 4, 1, 1, aligned, sms) == 1
+    assert launch_plans.choose_vec("bfloat16", edge, aligned, sms) == 4
+    assert launch_plans.choose_vec("bfloat16", edge - 4, aligned, sms) == 1
     big, small = launch_plans.grid_for(edge, 4), launch_plans.grid_for(edge - 4, 1)
     assert big == launch_plans.FILL_BLOCKS_PER_SM * sms and small > 3 * big
 

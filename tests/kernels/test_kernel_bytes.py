@@ -103,24 +103,39 @@ def _params(store_v_seq=False, saved_state="fp32", sid=2, detach=False) -> Decay
                            store_v_seq=store_v_seq, saved_state=saved_state)
 
 
-def _inputs(dtype, carried: bool, per_channel: bool, seed: int = 0):
+# Step layouts besides NCHW: (shape as stored, permutation to [T, N, C, *]). n = 4096 (C = 8) or 3072 (C = 6: the
+# vectors of 4 neurons span two pixels' channels).
+LAYOUTS = {
+    "nchw": (SHAPE, (0, 1, 2, 3, 4)),
+    "channels_last": ((4, 2, 16, 16, 8), (0, 1, 4, 2, 3)),
+    "channels_last_c6": ((4, 2, 16, 16, 6), (0, 1, 4, 2, 3)),
+    "channels_last_3d": ((4, 2, 4, 8, 8, 8), (0, 1, 5, 2, 3, 4)),
+}
+
+
+def _inputs(dtype, carried: bool, per_channel: bool, seed: int = 0, layout: str = "nchw"):
+    """``x`` in ``layout``; a carried ``v0`` in the same step layout (so the call copies nothing)."""
     gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn(SHAPE, generator=gen) * 0.6 + 0.3).to(dtype)
-    v0 = torch.randn(SHAPE[1:], generator=gen) * 0.2 if carried else None
-    decay = torch.rand(SHAPE[2], generator=gen) * 0.8 + 0.1 if per_channel else torch.tensor(0.25)
+    stored, perm = LAYOUTS[layout]
+    x = (torch.randn(stored, generator=gen) * 0.6 + 0.3).to(dtype).permute(perm)
+    v0 = None
+    if carried:
+        v0 = torch.empty_like(x[0], dtype=torch.float32).copy_(torch.randn(x.shape[1:], generator=gen) * 0.2)
+    decay = torch.rand(x.shape[2], generator=gen) * 0.8 + 0.1 if per_channel else torch.tensor(0.25)
     return x, v0, decay
 
 
-def forward_case(host_kernels, dtype, carried, saved_state, needs_grad, store_v_seq=False, per_channel=False):
+def forward_case(host_kernels, dtype, carried, saved_state, needs_grad, store_v_seq=False, per_channel=False,
+                 layout="nchw"):
     """Run one forward and check it; returns ``(counts, expected, outputs)``."""
-    x, v0, decay = _inputs(dtype, carried, per_channel)
+    x, v0, decay = _inputs(dtype, carried, per_channel, layout=layout)
     p = _params(store_v_seq, saved_state)
     n_before = len(host_kernels.launches)
     with OpLog() as ops:
         spike, v_out, saved = contract.run_forward(x, v0, decay, p, needs_grad, host_kernels)
     assert set(ops.ops) <= ALLOCATIONS, f"torch work besides allocation: {ops.ops}"
     assert (saved is None) == (not needs_grad)
-    T, n = SHAPE[0], math.prod(SHAPE[1:])
+    T, n = x.shape[0], math.prod(x.shape[1:])
     saved_size = 0 if saved is None else saved.element_size()
     expected = traffic.forward_bytes(T=T, n=n, x_size=x.element_size(), state_size=4, saved_size=saved_size,
                                      v0=carried, store_v_seq=store_v_seq, channels=decay.numel())
@@ -131,7 +146,7 @@ def forward_case(host_kernels, dtype, carried, saved_state, needs_grad, store_v_
 
 
 def backward_case(host_kernels, dtype, carried, saved_state, *, grad_spike="dense", grad_v="none",
-                  need_grad_v0=None, need_grad_decay=None, store_v_seq=False, per_channel=None):
+                  need_grad_v0=None, need_grad_decay=None, store_v_seq=False, per_channel=None, layout="nchw"):
     """Train forward + one backward; check the backward launch; returns ``(counts, expected)``.
 
     ``grad_spike``/``grad_v``: ``"dense"``, ``"none"`` or ``"expanded"`` (a stride-0 ones tensor, as from
@@ -141,12 +156,12 @@ def backward_case(host_kernels, dtype, carried, saved_state, *, grad_spike="dens
     need_grad_decay = carried if need_grad_decay is None else need_grad_decay
     per_channel = need_grad_decay if per_channel is None else per_channel
     _, _, (x, v0, decay, spike, v_out, saved) = forward_case(
-        host_kernels, dtype, carried, saved_state, True, store_v_seq, per_channel)
+        host_kernels, dtype, carried, saved_state, True, store_v_seq, per_channel, layout)
     gen = torch.Generator().manual_seed(1)
 
     def grad(kind, like):
-        if kind == "dense":
-            return torch.randn(like.shape, generator=gen).to(like.dtype)
+        if kind == "dense":  # in the output's layout (read in place)
+            return torch.empty_like(like).copy_(torch.randn(like.shape, generator=gen))
         if kind == "expanded":
             return torch.ones((), dtype=like.dtype).expand(like.shape)
         return None
@@ -161,21 +176,23 @@ def backward_case(host_kernels, dtype, carried, saved_state, *, grad_spike="dens
     assert (gv0 is None) == (not need_grad_v0) and (gd is None) == (not need_grad_decay)
     plan = host_kernels.launches[-1]
     vec = int(plan.name.split("<", 1)[1].split(",")[1])
-    T, n = SHAPE[0], math.prod(SHAPE[1:])
+    T, n = x.shape[0], math.prod(x.shape[1:])
+    channel_stride = x.stride(2)
     elems = {"dense": T * n, "expanded": 1, "none": 0}
     gv_elems = {"dense": T * n if store_v_seq else n, "expanded": 1, "none": 0}[grad_v]
     expected = traffic.backward_bytes(
         T=T, n=n, grad_size=gx.element_size(), state_size=4, saved_size=saved.element_size(),
         grad_spike_elems=elems[grad_spike], grad_v_elems=gv_elems, grad_v0=need_grad_v0, decay_grad=need_grad_decay,
-        v0=carried, vec=vec, channels=decay.numel())
+        v0=carried, vec=vec, channels=decay.numel(), channel_stride=channel_stride)
     partial = plan.arg("decay_partial")
+    n_partial = traffic.decay_partials(n, vec, channel_stride, decay.numel())
     buffers = {"grad_spike": _range(gs), "grad_v": _range(gv), "saved": _range(saved), "v0": _range(v0),
                "decay": _range(decay), "grad_x": _range(gx), "grad_v0": _range(gv0),
-               "partial": (partial, math.ceil(n / vec) * 4) if partial else None}
+               "partial": (partial, n_partial * 4) if partial else None}
     counts = check_launch(host_kernels, n_before, buffers, expected, broadcast={"decay", "grad_spike", "grad_v"})
     if not carried or not need_grad_decay:
         assert counts.get("v0", {"read": 0})["read"] == 0
-    return counts, expected
+    return counts, expected, plan
 
 
 # The mode matrix of docs/cuda_backend.md: (dtype, phase, state, saved_state) -> one row.
@@ -191,7 +208,7 @@ MODES = [
 def run_mode(host_kernels, dname: str, phase: str, state: str, saved: str) -> traffic.Traffic:
     dtype, carried = DTYPES[dname], state == "carried"
     if phase == "bwd":
-        _, expected = backward_case(host_kernels, dtype, carried, saved)
+        _, expected, _ = backward_case(host_kernels, dtype, carried, saved)
     else:
         _, expected, _ = forward_case(host_kernels, dtype, carried, saved, phase == "train-fwd")
     return expected
@@ -223,18 +240,68 @@ def test_inference_store_v_seq_counts(host_kernels):
     forward_case(host_kernels, torch.bfloat16, True, "fp32", False, store_v_seq=True, per_channel=True)
 
 
-def doc_rows() -> dict[tuple[str, ...], tuple[int, int]]:
-    """``{(dtype, phase, state, saved): (read, write)}`` parsed from the byte table of docs/cuda_backend.md."""
+# Per-channel decay with channels innermost (channel stride 1): the vector path, each lane reading its own
+# channel's decay, and (decay gradient) one partial sum per neuron. (layout, dtype, phase, state, saved) -> a row
+# of the second table of docs/cuda_backend.md. Carried backward = v0, grad_v0 and the decay gradient; fresh
+# backward = the decay gradient only (a learned decay after reset_net).
+CL_MODES = [
+    (layout, d, phase, state, saved)
+    for layout in ("channels_last", "channels_last_c6", "channels_last_3d")
+    for d in DTYPES
+    for phase in ("train-fwd", "bwd", "infer-fwd")
+    for state in ("fresh", "carried")
+    for saved in (("fp32",) if phase == "infer-fwd" else ("fp32", "fp16"))
+]
+
+
+def run_cl_mode(host_kernels, layout: str, dname: str, phase: str, state: str, saved: str) -> traffic.Traffic:
+    dtype, carried = DTYPES[dname], state == "carried"
+    if phase == "bwd":
+        _, expected, plan = backward_case(host_kernels, dtype, carried, saved, need_grad_decay=True,
+                                          per_channel=True, layout=layout)
+    else:
+        _, expected, _ = forward_case(host_kernels, dtype, carried, saved, phase == "train-fwd", per_channel=True,
+                                      layout=layout)
+        plan = host_kernels.launches[-1]
+    assert plan.arg("channel_stride") == 1 and plan.arg("channels") > 1
+    assert ", 4, " in plan.name, f"{plan.name}: per-channel decay on {layout} must take the vector path"
+    return expected
+
+
+@pytest.mark.parametrize("mode", CL_MODES, ids=["-".join(m) for m in CL_MODES])
+def test_counted_bytes_channels_last_per_channel(host_kernels, mode):
+    run_cl_mode(host_kernels, *mode)
+
+
+_ROW = (r"\s*(fp32|bf16)\s*\|\s*(train-fwd|bwd|infer-fwd)\s*\|\s*(fresh|carried)\s*\|\s*(fp32|fp16|–)\s*\|"
+        + r"\s*([\d ]+)\s*\|" * 4)
+
+
+def doc_rows(layout: str | None = None) -> dict[tuple[str, ...], tuple[int, int]]:
+    """``{(dtype, phase, state, saved): (read, write)}`` parsed from the byte table of docs/cuda_backend.md, or with
+    ``layout`` the rows of the table whose first column is that layout, keyed ``(layout, dtype, ...)``; each row's
+    minimum must equal its counted numbers."""
     rows = {}
+    head = r"\|" + (rf"\s*({layout})\s*\|" if layout else "")
     for line in DOC.read_text().splitlines():
-        m = re.match(r"\|\s*(fp32|bf16)\s*\|\s*(train-fwd|bwd|infer-fwd)\s*\|\s*(fresh|carried)\s*\|"
-                     r"\s*(fp32|fp16|–)\s*\|" + r"\s*([\d ]+)\s*\|" * 4, line)
+        m = re.match(head + _ROW, line)
         if m:
-            read, write = int(m.group(5).replace(" ", "")), int(m.group(6).replace(" ", ""))
-            counted = int(m.group(7).replace(" ", "")), int(m.group(8).replace(" ", ""))
-            assert (read, write) == counted, line
-            rows[(m.group(1), m.group(2), m.group(3), "fp32" if m.group(4) == "–" else m.group(4))] = (read, write)
+            *key, read, write, counted_read, counted_write = m.groups()
+            nums = [int(v.replace(" ", "")) for v in (read, write, counted_read, counted_write)]
+            assert nums[:2] == nums[2:], line
+            key[-1] = "fp32" if key[-1] == "–" else key[-1]
+            rows[tuple(key)] = (nums[0], nums[1])
     return rows
+
+
+def test_docs_channels_last_table_states_the_counted_numbers(host_kernels):
+    """The channels_last (C = 8) rows of the second table: every mode, the counted numbers."""
+    rows = doc_rows("channels_last")
+    modes = [m for m in CL_MODES if m[0] == "channels_last"]
+    assert set(rows) == set(modes)
+    for mode in modes:
+        expected = run_cl_mode(host_kernels, *mode)
+        assert rows[mode] == (expected.read, expected.write), mode
 
 
 def test_docs_table_states_the_counted_numbers(host_kernels):

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from spikingjelly.activation_based import surrogate
 from test_kernel_bytes import OpLog
-from test_kernel_host import dyadic, params
+from test_kernel_host import V_TH, close, dyadic, launched_vec, params
 
+from sj_resnet.neuron.backends import torch_fused
 from sj_resnet.neuron.backends.cupy import contract
+from sj_resnet.neuron.reference import decay_fire_reference
+from sj_resnet.neuron.surrogates import SURROGATES
 
 pytestmark = pytest.mark.cuda_cpu
 COPIES = {"copy_", "clone", "contiguous", "_to_copy"}
@@ -99,3 +103,61 @@ def test_non_dense_input_is_copied_once(host_kernels):
     assert [o for o in ops.ops if o in COPIES] == ["copy_"]
     assert torch.equal(gx, contract.run_backward(torch.ones(3, 4, 8), None, h, None, decay, p, False, False,
                                                  host_kernels)[0])
+
+
+# (shape as stored, permutation to [T, N, C, *], expected V). n % 4 == 0 takes the vector path with one decay per
+# lane; C = 6 / 5 make vectors span two pixels' channels; the last size is ragged (n = 105): the scalar path.
+PER_LANE_CASES = {
+    "channels_last_c8": ((3, 2, 5, 7, 8), (0, 1, 4, 2, 3), 4),
+    "channels_last_c6": ((4, 2, 5, 6, 6), (0, 1, 4, 2, 3), 4),
+    "channels_last_3d_c12": ((2, 1, 3, 5, 3, 12), (0, 1, 5, 2, 3, 4), 4),
+    "channels_last_3d_c5": ((3, 3, 2, 2, 2, 5), (0, 1, 5, 2, 3, 4), 4),
+    "channels_last_ragged": ((3, 1, 5, 7, 3), (0, 1, 4, 2, 3), 1),
+}
+
+
+@pytest.mark.parametrize("case", list(PER_LANE_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("saved_state", ["fp32", "fp16"])
+def test_per_channel_decay_vector_path_matches_reference(host_kernels, case, dtype, saved_state):
+    """Per-channel decay on channels-innermost layouts: each lane of a vector reads its own channel's decay and
+    (backward) keeps its own decay-gradient partial sum. Spikes, ``v`` and the saved state exact (the saved state
+    bit for bit equal to the torch backend's); gradients of ``x``, ``v0`` and the decay against the reference's
+    autograd (fp32 state) and the torch backend (both states), every surrogate, ``detach_reset`` both ways."""
+    stored, perm, vec = PER_LANE_CASES[case]
+    g = torch.Generator().manual_seed(sum(map(ord, case)))
+    x = dyadic(stored, -16, 26, g, dtype).permute(perm)
+    C = x.shape[2]
+    decay = torch.tensor([0.25, 0.5, 0.75, 1.0])[torch.randint(0, 4, (C,), generator=g)]
+    v0 = torch.empty_like(x[0], dtype=torch.float32).copy_(dyadic(x.shape[1:], -8, 16, g, torch.float32))
+    ref_s, ref_v, _ = decay_fire_reference(x, v0, decay, V_TH, surrogate.Rect(), False)
+    p = params(0, 1.0, saved_state=saved_state)
+    spike, v_last, saved = contract.run_forward(x, v0, decay, p, True, host_kernels)
+    plan = host_kernels.launches[-1]
+    assert plan.arg("channel_stride") == 1 and launched_vec(plan.name) == vec
+    assert torch.equal(spike, ref_s) and torch.equal(v_last, ref_v) and spike.stride() == x.stride()
+    t_saved = torch_fused.forward(x, v0, decay, p, True)[2]
+    assert torch.equal(saved.view(torch.int16 if saved_state == "fp16" else torch.int32),
+                       t_saved.view(torch.int16 if saved_state == "fp16" else torch.int32))
+    gs = dyadic(x.shape, -8, 8, g, dtype)
+    gv = dyadic(x.shape[1:], -8, 8, g, torch.float32)
+    tol = 2e-5 if dtype == torch.float32 else 1e-2
+    for spec in SURROGATES:
+        for detach in (False, True):
+            sg = spec.sj_class()
+            p = params(spec.sid, float(sg.alpha), detach, saved_state=saved_state)
+            got = contract.run_backward(gs, gv, saved, v0, decay, p, True, True, host_kernels)
+            assert launched_vec(host_kernels.launches[-1].name) == vec
+            what = f"{case} {spec.name} detach={detach}"
+            want = torch_fused.backward(gs, gv, t_saved, v0, decay, p, True, True)
+            if saved_state == "fp32":
+                xr = x.detach().clone().requires_grad_(True)
+                v0r = v0.detach().clone().requires_grad_(True)
+                dr = decay.clone().requires_grad_(True)
+                s_r, vl_r, _ = decay_fire_reference(xr, v0r, dr, V_TH, sg, detach)
+                loss = (s_r.float() * gs.float()).sum() + (vl_r * gv).sum()
+                ref = torch.autograd.grad(loss, (xr, v0r, dr))
+                for name, a, b in zip(("x", "v0", "decay"), got, ref, strict=True):
+                    close(a, b, tol, f"grad_{name} {what} vs reference")
+            for name, a, b in zip(("x", "v0", "decay"), got, want, strict=True):
+                close(a, b, tol, f"grad_{name} {what} vs torch backend")

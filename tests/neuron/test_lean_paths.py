@@ -190,3 +190,32 @@ def test_expanded_incoming_gradients_are_read_in_place():
             loss.backward()
         grads[backend] = xg.grad
     torch.testing.assert_close(grads["torch"], grads["reference"])
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "batch_innermost"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("per_channel", [False, True], ids=["layer", "channel"])
+@pytest.mark.parametrize("carried", [False, True], ids=["fresh", "carried"])
+@pytest.mark.parametrize("store_v_seq", [False, True], ids=["vlast", "vseq"])
+def test_cpu_inference_in_sample_blocks_equals_training_forward(layout, dtype, per_channel, carried, store_v_seq):
+    """CPU inference runs blocks of samples through all T steps (``torch_fused.sample_blocks``; 7 samples of
+    81 920 neurons: blocks of 3, 3 and 1); spikes and states equal the one-block training forward bit for bit and
+    the reference, in the input's layout. A layout whose dim 1 is not outermost runs as one block."""
+    g = torch.Generator().manual_seed(8)
+    decay = torch.rand(4, generator=g) * 0.9 + 0.05 if per_channel else torch.tensor(0.3)
+    v0 = torch.randn((7, 4, 128, 160), generator=g) * 0.3 if carried else None
+    x = sample_inputs((2, 7, 4, 128, 160), decay=decay, v0=v0, dtype=dtype, seed=8)  # margins: no spike flips
+    perm = {"contiguous": (0, 1, 2, 3, 4), "channels_last": (0, 1, 3, 4, 2), "batch_innermost": (0, 2, 3, 4, 1)}[layout]
+    x = x.permute(perm).contiguous().permute([perm.index(i) for i in range(5)])  # same values, stored in layout
+    blocks = torch_fused.sample_blocks(x, needs_grad=False)
+    assert blocks == ([(0, 7)] if layout == "batch_innermost" else [(0, 3), (3, 6), (6, 7)])
+    assert torch_fused.sample_blocks(x, needs_grad=True) == [(0, 7)]
+    p = DecayFireParams(v_threshold=0.5, surrogate_id=0, alpha=1.0, detach_reset=False, store_v_seq=store_v_seq,
+                        saved_state="fp32")
+    spikes, v_out, saved = torch_fused.forward(x, v0, decay, p, False)
+    assert saved is None and spikes.stride() == x.stride()
+    train = torch_fused.forward(x, v0, decay, p, True)
+    assert torch.equal(spikes, train[0]) and torch.equal(v_out, train[1])
+    ref = decay_fire_multi_step(x, v0, decay, 0.5, store_v_seq=store_v_seq, backend="reference")
+    assert torch.equal(spikes, ref[0])
+    torch.testing.assert_close(v_out, ref[2] if store_v_seq else ref[1])

@@ -7,6 +7,7 @@ the fp32-state gradients, for every surrogate, with and without ``detach_reset``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -154,6 +155,39 @@ def test_huge_potentials_saturate_instead_of_inf():
     ref = x.detach().clone().requires_grad_()
     decay_fire_multi_step(ref, None, 0.5, V_TH, surrogate.ATan(), False, False, "torch", "fp32")[0].sum().backward()
     torch.testing.assert_close(x.grad, ref.grad, atol=1e-6, rtol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("detach_reset", [False, True], ids=["reset-grad", "detach"])
+@pytest.mark.parametrize("spec", SURROGATES, ids=lambda s: s.name)
+def test_saturation_keeps_spikes_exact_and_gradients_finite(spec, detach_reset, dtype):
+    """|h - V_th| around 6e4, 7e4, 1e6 and 3e38: the saved d is +-65504 beyond float16's range (the clamp acts),
+    spikes and potentials equal the fp32-state path, every gradient is finite, and the x / v0 gradients equal the
+    fp32-state ones up to the surrogate's tail at 65504 (the decay gradient, sum gh * v[t-1] with |v| up to 3e38,
+    is not comparable there: only finite)."""
+    g = torch.Generator().manual_seed(9)
+    mags = torch.tensor([6e4, 7e4, 1e6, 3e38, 0.25, 0.75], dtype=torch.float64)
+    n = 60
+    sign = torch.where(torch.rand(4, n, generator=g) < 0.5, -1.0, 1.0).double()
+    x = (mags[torch.arange(n) % 6] * sign + V_TH).to(dtype)  # [T=4, n]
+    v0 = torch.where(torch.arange(n) % 2 == 0, 7e4, -1e6).float()
+    decay = torch.tensor(0.0625)  # |h| <= 3e38 / (1 - decay) < 3.4e38: finite
+    p = DecayFireParams(v_threshold=V_TH, surrogate_id=spec.sid, alpha=float(spec.sj_class().alpha),
+                        detach_reset=detach_reset, store_v_seq=False, saved_state="fp16")
+    _, _, d = torch_fused.forward(x, v0, decay, p, True)
+    h = torch_fused.forward(x, v0, decay, dataclasses.replace(p, saved_state="fp32"), True)[2]
+    assert torch.isfinite(h).all() and (h - V_TH).abs().max() > 1e38
+    beyond = (h - V_TH).abs() > 65504
+    assert beyond.any() and torch.equal(d.float().abs()[beyond], torch.full_like(h[beyond], 65504))
+    gs, gv = torch.randn(x.shape, generator=g), torch.randn(n, generator=g)
+    s32, v32, *grads32 = _grads(x, v0, decay, spec.sj_class(), detach_reset, "fp32", gs.to(dtype), gv)
+    s16, v16, *grads16 = _grads(x, v0, decay, spec.sj_class(), detach_reset, "fp16", gs.to(dtype), gv)
+    assert torch.equal(s16, s32) and torch.equal(v16, v32)
+    for name, got, ref in zip(("x", "v0", "decay"), grads16, grads32, strict=True):
+        assert torch.isfinite(got).all(), f"grad_{name} not finite"
+        if name != "decay":
+            rtol = 1e-2 if dtype == torch.bfloat16 else 1e-3
+            torch.testing.assert_close(got.float(), ref.float(), atol=1e-3, rtol=rtol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])

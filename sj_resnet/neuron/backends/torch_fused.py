@@ -1,7 +1,8 @@
 """The ``torch`` backend: a fused forward and a hand-written BPTT backward in plain tensor ops.
 
 Runs wherever torch runs (CPU and CUDA). Forward is one loop over T with three single-pass ops per step
-writing into preallocated buffers, and no autograd graph. Backward runs t = T-1..0 once, a handful of
+writing into preallocated buffers, and no autograd graph (CPU inference: one such loop per block of samples,
+``sample_blocks``). Backward runs t = T-1..0 once, a handful of
 single-pass ops per step into step-sized scratch buffers (derivation in ``docs/neuron.md``)::
 
     sg[t] = surrogate'(h[t] - v_th)
@@ -46,9 +47,7 @@ def forward(
     ``h`` apart from ``v``; otherwise ``h`` is computed into the state buffer and reset in place. A zero state
     skips the first charge (``h[0] = x[0]``).
     """
-    T = x_seq.shape[0]
     sdt = decay.dtype
-    vth = p.v_threshold
     d = broadcast_decay(decay, x_seq)
     spike_seq = torch.empty_like(x_seq)
     # fp16/bf16 input, fp32 state: cast through step-sized buffers (no mixed-dtype ops, no full-size fp32 spikes)
@@ -62,8 +61,43 @@ def forward(
             d_seq = torch.empty_like(x_seq, dtype=torch.float16)
     v_seq = torch.empty_like(x_seq, dtype=sdt) if p.store_v_seq else None
     state = None if v_seq is not None else torch.empty_like(x_seq[0], dtype=sdt)  # v[t], one rolling buffer
-    v = v0
-    for t in range(T):
+    bufs = (x_seq, v0, spike_seq, h_seq, d_seq, v_seq, state, x_buf, o_buf)
+    for lo, hi in sample_blocks(x_seq, needs_grad):
+        _steps(*(None if b is None else (b[:, lo:hi] if b.dim() == x_seq.dim() else b[lo:hi]) for b in bufs),
+               d, p.v_threshold)
+    saved = h_seq if h_seq is not None else d_seq
+    return spike_seq, (v_seq if v_seq is not None else state), saved
+
+
+#: neurons per step that one block of samples of the CPU inference loop aims at (1 MiB of float32 per buffer).
+BLOCK_ELEMS = 1 << 18
+
+
+def sample_blocks(x_seq: Tensor, needs_grad: bool, block_elems: int | None = None) -> list[tuple[int, int]]:
+    """The sample ranges ``[lo, hi)`` of dim 1 that ``forward`` runs, each through all T steps before the next.
+
+    CPU inference (nothing saved) takes blocks of about ``block_elems`` neurons per step: a block's state, input
+    step and spikes stay in the caches across its T steps instead of streaming the whole step through memory three
+    times per step. Training (which writes ``h`` for every step anyway) and CUDA tensors run all samples as one
+    block, and so does a layout whose dim 1 is not the outermost step dim in memory (a block would not be one
+    dense slab). The ops are elementwise, so the result is the same either way. ``block_elems``: ``BLOCK_ELEMS``.
+    """
+    block_elems = BLOCK_ELEMS if block_elems is None else block_elems
+    N = x_seq.shape[1]
+    if needs_grad or x_seq.device.type != "cpu" or x_seq.dim() < 3 or N < 2:
+        return [(0, N)]
+    per_sample = x_seq[0, 0].numel()
+    if x_seq.stride(1) < max(x_seq.stride()[2:]) or per_sample * N <= block_elems:
+        return [(0, N)]
+    k = max(1, block_elems // per_sample)
+    return [(lo, min(N, lo + k)) for lo in range(0, N, k)]
+
+
+def _steps(x_seq, v, spike_seq, h_seq, d_seq, v_seq, state, x_buf, o_buf, d, vth: float) -> None:
+    """The forward recurrence over all T steps of (a block of samples of) the sequence, into the given views
+    (``v`` the initial state or ``None``; the last state ends in ``state`` or ``v_seq[-1]``)."""
+    low = x_buf is not None
+    for t in range(x_seq.shape[0]):
         x = x_buf.copy_(x_seq[t]) if low else x_seq[t]
         v_new = v_seq[t] if v_seq is not None else state
         h = h_seq[t] if h_seq is not None else v_new  # h lives in v's buffer unless h_seq is saved
@@ -82,8 +116,6 @@ def forward(
         if low:
             spike_seq[t].copy_(o)
         v = v_new
-    saved = h_seq if h_seq is not None else d_seq
-    return spike_seq, (v_seq if v_seq is not None else v), saved
 
 
 def _surrogate_grad_into(out: Tensor, surrogate_id: int, z: Tensor, alpha: float) -> Tensor:

@@ -9,7 +9,8 @@ Layouts: a sequence ``[T, N, C, *]`` whose every step is one dense non-overlappi
 ``channels_last``, ``channels_last_3d``, any permutation of the step's dims) is used in place; every output
 is allocated with the input's strides, so it keeps the input's memory format. Anything else (a step that is not
 dense, e.g. a transposed view across T) is copied once with ``.contiguous()``. Per-channel decay reads channel
-``(i / stride_C) % C`` of a step's element ``i``. Incoming gradients are read in place when their step
+``(i / stride_C) % C`` of a step's element ``i`` (per lane of a vector, so ``channels_last`` takes the vector
+path too). Incoming gradients are read in place when their step
 layout matches (any step stride, including 0 for a gradient expanded over T) or when a step is one expanded
 value (stride 0, e.g. the ones of ``s.sum().backward()``); other layouts are copied once into the input's.
 ``None`` (zero state, absent gradient, unneeded ``grad_v0``/``grad_decay``) is a null pointer: no allocation,
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ...params import DecayFireParams
-from . import launch_plans
+from . import launch_plans, traffic
 from .launch_plans import GradIn, Launch
 
 
@@ -163,7 +164,7 @@ def run_forward(
     v_out = _empty_seq(x, sdt) if p.store_v_seq else _empty_step(x, sdt)
     if n == 0 or T == 0:
         return spike, v_out, saved
-    vec = launch_plans.choose_vec(dt, n, cs, channels, _aligned_ptrs(x, v0k, spike, saved, v_out),
+    vec = launch_plans.choose_vec(dt, n, _aligned_ptrs(x, v0k, spike, saved, v_out),
                                   launcher.sm_count(x.device))
     plan = launch_plans.forward_launch(
         dt, vec, save, x=x.data_ptr(), v0=_ptr(v0k), decay=dc.data_ptr(), spike=spike.data_ptr(),
@@ -220,8 +221,9 @@ def run_backward(
     for g, t in ((gs, gs_t), (gv, gv_t)):
         if t is not None and g.nstride:
             pointers += [(g.ptr, t.element_size()), (g.ptr + g.tstride * t.element_size(), t.element_size())]
-    vec = launch_plans.choose_vec(dt, n, cs, channels, pointers, launcher.sm_count(h.device))
-    partial = torch.empty(math.ceil(n / vec), dtype=sdt, device=h.device) if need_grad_decay else None
+    vec = launch_plans.choose_vec(dt, n, pointers, launcher.sm_count(h.device))
+    n_partial = traffic.decay_partials(n, vec, cs, channels)
+    partial = torch.empty(n_partial, dtype=sdt, device=h.device) if need_grad_decay else None
     plan = launch_plans.backward_launch(
         dt, vec, p.surrogate_id, p.detach_reset, half, grad_spike=gs, grad_v=gv, gv_every_step=p.store_v_seq,
         saved=h.data_ptr(), v0=_ptr(v0k), decay=dc.data_ptr(), grad_x=grad_x.data_ptr(), grad_v0=_ptr(grad_v0),
@@ -231,8 +233,8 @@ def run_backward(
     launcher.launch(plan, h.device)
     grad_decay = None
     if partial is not None:
-        if channels > 1:
-            grad_decay = partial.view(n // (cs * channels), channels, cs // vec).sum(dim=(0, 2))
+        if channels > 1:  # partial i covers n // n_partial consecutive neurons, all in one channel
+            grad_decay = partial.view(n // (cs * channels), channels, cs * n_partial // n).sum(dim=(0, 2))
         else:
             grad_decay = partial.sum().reshape(decay.shape)
     return grad_x, grad_v0, grad_decay

@@ -4,13 +4,15 @@
 // neurons; any dense non-overlapping order inside a step: contiguous, channels_last, ...). Channel of the
 // element at offset i of a step: c = (i / channel_stride) % channels, channel_stride = the stride of the channel
 // dimension. v0, v_last, grad_v0 are one step [n]; decay is [1] (per layer) or [channels] (per channel).
-// One thread owns V consecutive elements (V = 1, or the vector width when every pointer is aligned, n % V == 0
-// and channel_stride % V == 0) and walks the whole sequence, so the recurrence never leaves registers.
+// One thread owns V consecutive elements (V = 1, or the vector width when every pointer is aligned and
+// n % V == 0) and walks the whole sequence, so the recurrence never leaves registers. Each of its V lanes
+// reads the decay of its own channel, so a vector may span channels (channels_last: channel_stride = 1).
 //
 // Forward, per neuron (state type S = float, or double for double inputs):
 //     h[t] = decay * v[t-1] + x[t];   o[t] = 1[h[t] >= v_th];   v[t] = h[t] * (1 - o[t])
 // writes spike[t] (input type X); the saved state for backward (SAVE = 0: nothing (inference), 1: h[t] in S,
-// 2: d[t] = h[t] - v_th as __half with the sign bit forced to !o[t]); v_seq[t] (v_every_step) or v_last.
+// 2: d[t] = h[t] - v_th as __half, saturated to +-65504 (never inf), with the sign bit forced to !o[t]);
+// v_seq[t] (v_every_step) or v_last.
 // v0 == nullptr is the zero state (not read).
 //
 // Backward (BPTT), t = T-1 .. 0, gh[T] = 0:
@@ -21,9 +23,10 @@
 // h[t] comes from the saved state (HALF_SAVED: h = v_th + d, o = sign bit of d clear). gs is grad_spike, gv is
 // grad_v: every step (gv_every_step) or only t = T-1 (grad of v_last). An incoming gradient is addressed as
 // p[t * tstride + i * nstride] with nstride 0 (one value per step, e.g. an expanded ones tensor) or 1, and may
-// be nullptr (no gradient: not read). grad_v0 == nullptr: not written. The decay gradient is written as one
-// partial sum per thread (its V neurons, all in one channel) into decay_partial (nullptr: not wanted); the host
-// reduces that buffer, so there are no atomics. v0 is read only for the decay gradient.
+// be nullptr (no gradient: not read). grad_v0 == nullptr: not written. The decay gradient is written as
+// partial sums into decay_partial (nullptr: not wanted): one per thread [ceil(n / V)] when its V lanes share one
+// channel (per-layer decay, or channel_stride % V == 0), else one per lane [n]; the host reduces that buffer,
+// so there are no atomics. v0 is read only for the decay gradient.
 //
 // Every global access goes through ld/st/VecIO below, which call SJR_ON_LOAD / SJR_ON_STORE: empty for the
 // GPU; the host shim (host_shim.cuh) defines them to count the bytes each launch moves.
@@ -76,9 +79,16 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_state<__nv_bfloat16>(f
 template <> __device__ __forceinline__ double from_state<double>(double s) { return s; }
 
 // d = h - v_th as __half, sign bit = "did not fire" (so -0 and a flushed denormal keep the decision).
+// |d| > 65504 (the largest finite half) is saved as +-65504, as the torch backend does: __float2half_rn would
+// give +-inf, and h = v_th + inf makes (1 - o) - h * sg NaN in backward. Clamping before rounding equals
+// rounding then clamping (every float in (65504, 65520) rounds to 65504); a NaN passes through unchanged.
+#define SJR_HALF_MAX 65504.0f
 template <typename S>
 __device__ __forceinline__ __half encode_half(S diff, bool fire) {
-    __half_raw raw = __float2half_rn(float(diff));
+    float f = float(diff);
+    if (f > SJR_HALF_MAX) f = SJR_HALF_MAX;
+    if (f < -SJR_HALF_MAX) f = -SJR_HALF_MAX;
+    __half_raw raw = __float2half_rn(f);
     raw.x = (unsigned short)((raw.x & 0x7fffu) | (fire ? 0u : 0x8000u));
     return __half(raw);
 }
@@ -141,12 +151,35 @@ struct VecIO {
     }
 };
 
-// The decay of the V neurons starting at i0 (they share one channel: the launcher guarantees
-// channel_stride % V == 0 whenever channels > 1 and V > 1).
-template <typename S>
-__device__ __forceinline__ S load_decay(const S* __restrict__ decay, long long i0, long long channel_stride,
-                                        int channels) {
-    return channels == 1 ? ld(decay) : ld(decay + (i0 / channel_stride) % channels);
+// The decay of each of the V neurons i0 .. i0 + V - 1: decay[(i / channel_stride) % channels] for element i.
+// One 64-bit division per thread; the lanes step through the channels (a step of one element crosses at most
+// one channel boundary), so a vector may span channels in any dense layout.
+template <typename S, int V>
+__device__ __forceinline__ void load_decay(const S* __restrict__ decay, long long i0, long long channel_stride,
+                                           int channels, S (&d)[V]) {
+    if (channels == 1) {
+        const S d0 = ld(decay);
+#pragma unroll
+        for (int k = 0; k < V; ++k) d[k] = d0;
+        return;
+    }
+    const long long q = i0 / channel_stride;
+    long long r = i0 - q * channel_stride;  // position inside the channel's run of channel_stride elements
+    int c = int(q % channels);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+        d[k] = ld(decay + c);
+        if (++r == channel_stride) {
+            r = 0;
+            if (++c == channels) c = 0;
+        }
+    }
+}
+
+// True when the V lanes of every thread lie in one channel (their decay-gradient partial sums can be added).
+template <int V>
+__device__ __forceinline__ bool lanes_share_channel(long long channel_stride, int channels) {
+    return V == 1 || channels == 1 || channel_stride % V == 0;
 }
 
 // ---- forward -----------------------------------------------------------------------------------------------
@@ -163,7 +196,8 @@ __global__ void __launch_bounds__(SJR_BLOCK, SJR_MIN_BLOCKS) decay_fire_forward(
     using Saved = typename Pick<SAVE == SJR_SAVE_HALF, __half, S>::type;
     const long long i0 = ((long long)blockIdx.x * blockDim.x + threadIdx.x) * V;
     if (i0 >= n) return;
-    const S d = load_decay(decay, i0, channel_stride, channels);
+    S d[V];
+    load_decay(decay, i0, channel_stride, channels, d);
 
     S v[V];
     if (v0 != nullptr) {
@@ -185,7 +219,7 @@ __global__ void __launch_bounds__(SJR_BLOCK, SJR_MIN_BLOCKS) decay_fire_forward(
         X s[V];
 #pragma unroll
         for (int k = 0; k < V; ++k) {
-            const S h = d * v[k] + to_state(x_cur[k]);
+            const S h = d[k] * v[k] + to_state(x_cur[k]);
             const bool fire = h >= v_th;
             s[k] = from_state<X>(fire ? S(1) : S(0));
             v[k] = h * (fire ? S(0) : S(1));
@@ -211,19 +245,20 @@ __global__ void __launch_bounds__(SJR_BLOCK, SJR_MIN_BLOCKS) decay_fire_backward
     const state_t<X>* __restrict__ decay,    // [1] or [channels]
     X* __restrict__ grad_x,                  // [T, n]
     state_t<X>* __restrict__ grad_v0,        // [n] or nullptr (not wanted)
-    state_t<X>* __restrict__ decay_partial,  // [ceil(n / V)] or nullptr (no decay gradient wanted)
+    state_t<X>* __restrict__ decay_partial,  // [ceil(n / V)] or [n] (see the header) or nullptr (not wanted)
     state_t<X> v_th, state_t<X> alpha, long long n, int T, long long channel_stride, int channels) {
     using S = state_t<X>;
     using Saved = typename Pick<HALF_SAVED, __half, S>::type;
     const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long i0 = tid * V;
     if (i0 >= n) return;
-    const S d = load_decay(decay, i0, channel_stride, channels);
+    S d[V];
+    load_decay(decay, i0, channel_stride, channels, d);
 
-    S gh[V];  // dL/dh[t+1] while processing step t
+    S gh[V];   // dL/dh[t+1] while processing step t
+    S acc[V];  // sum_t gh[t+1] * v[t] per neuron
 #pragma unroll
-    for (int k = 0; k < V; ++k) gh[k] = S(0);
-    S acc = S(0);  // sum_t gh[t+1] * v[t] over this thread's neurons
+    for (int k = 0; k < V; ++k) gh[k] = acc[k] = S(0);
 
 #pragma unroll 1
     for (int t = T - 1; t >= 0; --t) {
@@ -250,8 +285,8 @@ __global__ void __launch_bounds__(SJR_BLOCK, SJR_MIN_BLOCKS) decay_fire_backward
             const S sg = surrogate_grad<SID, S>(h - v_th, alpha);
             const S not_fired = fired ? S(0) : S(1);
             const S a = DETACH_RESET ? not_fired : not_fired - h * sg;
-            acc += gh[k] * (h * not_fired);
-            S g = d * gh[k];
+            acc[k] += gh[k] * (h * not_fired);
+            S g = d[k] * gh[k];
             if (has_gv) g += gv[k];
             g *= a;
             if (grad_spike != nullptr) g += to_state(gs[k]) * sg;
@@ -263,7 +298,7 @@ __global__ void __launch_bounds__(SJR_BLOCK, SJR_MIN_BLOCKS) decay_fire_backward
     if (grad_v0 != nullptr) {
         S gv0[V];
 #pragma unroll
-        for (int k = 0; k < V; ++k) gv0[k] = d * gh[k];
+        for (int k = 0; k < V; ++k) gv0[k] = d[k] * gh[k];
         VecIO<S, V>::store(grad_v0 + i0, gv0);
     }
     if (decay_partial != nullptr) {
@@ -271,9 +306,16 @@ __global__ void __launch_bounds__(SJR_BLOCK, SJR_MIN_BLOCKS) decay_fire_backward
             S v_init[V];
             VecIO<S, V>::load(v0 + i0, v_init);
 #pragma unroll
-            for (int k = 0; k < V; ++k) acc += gh[k] * v_init[k];
+            for (int k = 0; k < V; ++k) acc[k] += gh[k] * v_init[k];
         }
-        st(decay_partial + tid, acc);
+        if (lanes_share_channel<V>(channel_stride, channels)) {
+            S sum = acc[0];
+#pragma unroll
+            for (int k = 1; k < V; ++k) sum += acc[k];
+            st(decay_partial + tid, sum);
+        } else {
+            VecIO<S, V>::store(decay_partial + i0, acc);
+        }
     }
 }
 

@@ -244,19 +244,17 @@ class Launch:
 FILL_BLOCKS_PER_SM = 2
 
 
-def choose_vec(
-    dtype: str, n: int, channel_stride: int, channels: int, pointers: Sequence[tuple[int, int]], sm_count: int
-) -> int:
+def choose_vec(dtype: str, n: int, pointers: Sequence[tuple[int, int]], sm_count: int) -> int:
     """Neurons per thread: the dtype's vector width ``V`` if the layout, the pointers and the size allow it, else 1.
 
     The vector path needs ``n % V == 0`` (no ragged thread), each ``(pointer, itemsize)`` aligned to the word
-    it is moved in (``min(16, V * itemsize)`` bytes; null pointers are skipped), for per-channel decay
-    ``channel_stride % V == 0`` (the ``V`` neurons of a thread share one channel; channels_last has stride 1,
-    so it runs the scalar path), and enough work to fill the device: ``n / V / BLOCK >= FILL_BLOCKS_PER_SM *
-    sm_count`` (a small layer gets ``V`` times more blocks from one neuron per thread).
+    it is moved in (``min(16, V * itemsize)`` bytes; null pointers are skipped), and enough work to fill the
+    device: ``n / V / BLOCK >= FILL_BLOCKS_PER_SM * sm_count`` (a small layer gets ``V`` times more blocks from one
+    neuron per thread). The layout does not matter: each lane reads the decay of its own channel, so a
+    per-channel decay on ``channels_last`` (channel stride 1) takes the vector path too.
     """
     vec = DTYPES[dtype].vec
-    if vec == 1 or n % vec or (channels > 1 and channel_stride % vec):
+    if vec == 1 or n % vec:
         return 1
     if n // vec < FILL_BLOCKS_PER_SM * sm_count * BLOCK:
         return 1

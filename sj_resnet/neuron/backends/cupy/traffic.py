@@ -8,11 +8,14 @@ Per launch, with ``T`` steps of ``n`` neurons, ``e`` the input element size, ``s
               write  T*n*e (spikes) + T*n*k (saved) + T*n*s (v_seq) or n*s (v_last)
     backward  read   T*n*k (saved) + G_s*e (grad_spike) + G_v*s (grad_v_seq / grad_v_last)
                      + n*s (v0: carried state and decay gradient only)             + C*s (decay)
-              write  T*n*e' (grad_x) + n*s (grad_v0, when needed) + ceil(n/V)*s (decay partial sums, when needed)
+              write  T*n*e' (grad_x) + n*s (grad_v0, when needed) + P*s (decay partial sums, when needed)
 
 ``G_s``/``G_v`` are the distinct gradient elements: ``T*n`` (or ``n`` for ``grad_v_last``) for a full
 gradient, 0 when absent, 1 per step or 1 in all for an expanded (stride-0) one. ``e'`` is ``grad_x``'s
-element size (``e``; ``s`` when there is no spike gradient). ``V`` is the neurons per thread
+element size (``e``; ``s`` when there is no spike gradient). ``P`` (``decay_partials``) is ``ceil(n/V)``, one
+per thread, when the ``V`` neurons of a thread share one channel (per-layer decay, or a channel stride that is a
+multiple of ``V``: NCHW), else ``n``, one per neuron (per-channel decay with channels innermost, e.g.
+``channels_last``: the lanes of a vector are different channels); ``V`` is the neurons per thread
 (``launch_plans.choose_vec``). Every term is a distinct tensor element touched once: ``tests/kernels`` count
 the kernels' accesses in a host run and assert equality with these functions, and
 ``benchmarks/gpu/kernel_bench.py`` / ``benchmarks/neurons.py`` divide them by time for the roofline.
@@ -46,6 +49,13 @@ def forward_bytes(
     return Traffic(read, write)
 
 
+def decay_partials(n: int, vec: int, channel_stride: int = 1, channels: int = 1) -> int:
+    """How many decay-gradient partial sums a backward launch writes (the kernel's ``lanes_share_channel``)."""
+    if vec == 1 or channels == 1 or channel_stride % vec == 0:
+        return math.ceil(n / vec)
+    return n
+
+
 def backward_bytes(
     *,
     T: int,
@@ -60,6 +70,7 @@ def backward_bytes(
     v0: bool,
     vec: int = 1,
     channels: int = 1,
+    channel_stride: int = 1,
 ) -> Traffic:
     """Backward: ``grad_size`` is the element size of ``grad_spike`` and ``grad_x``; ``*_elems`` the distinct
     incoming gradient elements (see the module docstring); ``v0`` is read only with ``decay_grad``."""
@@ -70,7 +81,7 @@ def backward_bytes(
         + (n * state_size if (v0 and decay_grad) else 0)
         + channels * state_size
     )
-    partials = math.ceil(n / vec) * state_size if decay_grad else 0
+    partials = decay_partials(n, vec, channel_stride, channels) * state_size if decay_grad else 0
     write = T * n * grad_size + (n * state_size if grad_v0 else 0) + partials
     return Traffic(read, write)
 

@@ -1,0 +1,98 @@
+"""Training-step cost of digits recipe knobs, side by side: ms per training sample for each configuration.
+
+Each configuration is ``resnet18_cifar`` on 1-channel ``S×S`` inputs (the digits default's neuron settings:
+decay 0.5, V_th 1.0, ATan, mean readout) with one AdamW step per batch: forward, backward and optimizer step on a
+fixed random batch, no data loading. After 3 warm-up steps per configuration, every round runs 4 steps of each
+configuration in rotating order; the statistic is the median over rounds and the ratio to the first
+configuration. Use it to price a recipe change before training with it (``docs/training.md``, round 3).
+
+Usage::
+
+    python -m benchmarks.recipe_cost w=24 w=16 w=24,T=3 w=16,b=128 --threads 2 --rounds 5
+
+A configuration is ``key=value`` pairs joined by commas: ``w`` width (24), ``T`` time steps (4), ``s`` input
+side (12), ``b`` batch (64), ``mem`` memory mode (standard), ``cl=1`` channels_last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional
+
+from sj_resnet.models import create_model
+from sj_resnet.train.modeling import parse_surrogate
+
+KEYS = {"w": 24, "T": 4, "s": 12, "b": 64, "mem": "standard", "cl": 0}
+
+
+def parse_config(spec: str) -> dict:
+    """``'w=16,T=3'`` -> the full configuration (defaults from :data:`KEYS`)."""
+    cfg = dict(KEYS)
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        if key not in KEYS or not value:
+            raise SystemExit(f"benchmarks.recipe_cost: bad configuration item {item!r}; keys: {', '.join(KEYS)}")
+        cfg[key] = type(KEYS[key])(value)
+    return cfg
+
+
+def make_step(cfg: dict, seed: int = 0):
+    """A closure running one training step of ``cfg`` on a fixed random batch."""
+    torch.manual_seed(seed)
+    model = create_model("resnet18_cifar", width=cfg["w"], T=cfg["T"], num_classes=10, in_channels=1,
+                         readout="mean", decay=0.5, v_threshold=1.0, surrogate_function=parse_surrogate("atan"),
+                         memory=cfg["mem"])
+    x = torch.randn(cfg["b"], 1, cfg["s"], cfg["s"])
+    if cfg["cl"]:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (cfg["b"],))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+
+    def step() -> None:
+        functional.reset_net(model)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("configs", nargs="+", help="configurations, the first is the reference (e.g. w=24 w=16,T=3)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=4, help="steps per configuration per round")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfgs = [parse_config(c) for c in args.configs]
+    steps = [make_step(c) for c in cfgs]
+    for step in steps:
+        for _ in range(3):
+            step()
+    samples: list[list[float]] = [[] for _ in cfgs]
+    order = list(range(len(cfgs)))
+    for _ in range(args.rounds):
+        order = order[1:] + order[:1]
+        for i in order:
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                steps[i]()
+            samples[i].append((time.perf_counter() - t0) / (args.steps * cfgs[i]["b"]))
+    base = statistics.median(samples[0])
+    print(f"{args.threads} thread(s), {args.rounds} rounds; ms per training sample (median), ratio to the first")
+    for spec, s in zip(args.configs, samples, strict=True):
+        m = statistics.median(s)
+        print(f"  {spec:24s} {m * 1e3:7.2f} ms  {m / base:5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
