@@ -44,7 +44,7 @@ from torch import nn
 
 from . import common
 
-DECAY, V_TH = 0.25, 0.5
+DECAY, V_TH = common.STBP_DECAY, common.STBP_V_TH
 NUM_CLASSES = 10
 SAVED_TARGET = 0.5  # compact / standard saved bytes
 TIME_TARGET = 1.1  # compact / standard step time
@@ -95,12 +95,9 @@ def sj_variants(cfg: Config) -> list[Variant]:
 
 
 def _lif() -> tuple[type[nn.Module], dict]:
-    from spikingjelly.activation_based import neuron, surrogate
+    from spikingjelly.activation_based import neuron
 
-    return neuron.LIFNode, dict(
-        tau=1.0 / (1.0 - DECAY), decay_input=False, v_threshold=V_TH, v_reset=0.0,
-        surrogate_function=surrogate.Rect(alpha=1.0),
-    )  # fmt: skip
+    return neuron.LIFNode, common.sj_stbp_lif_kwargs("Rect")
 
 
 def build(cfg: Config, v: Variant, width: int | None, x: torch.Tensor) -> tuple[nn.Module, bool]:

@@ -7,13 +7,13 @@ backward (``spikes.backward(g)`` with a fixed random ``g``), a fresh zero state 
 interleaved medians (see ``benchmarks.common``); the speed-up is the median over rounds of the per-round
 ratio ``t_SJ / t_ours``. Bytes saved for backward are counted with ``saved_tensors_hooks`` (unique storages).
 
-Targets (issue 2): ``t_SJ / t_ours >= 2`` and ``saved_ours / saved_SJ <= 1/3`` on both shapes.
+Targets: ``t_SJ / t_ours >= 2`` and ``saved_ours / saved_SJ <= 1/3`` on both shapes.
 ``--profile`` adds a ``torch.profiler`` table of our torch backend's forward+backward (op self-times).
 
 Modes of our torch backend (``modes`` in the JSON, same shapes, interleaved among themselves):
 ``fwd_grad`` (forward of an input that requires grad: saves ``h_seq``), ``fwd_inference`` (the same forward under
 ``torch.no_grad``: spikes and the last state only), ``fwdbwd_fp32`` / ``fwdbwd_fp16`` (fresh-state forward +
-backward with ``saved_state='fp32'`` / ``'fp16'``), and the saved bytes of both states. Targets (issue 13):
+backward with ``saved_state='fp32'`` / ``'fp16'``), and the saved bytes of both states. Targets of these modes:
 inference forward ``>= 1.5x`` the grad-mode forward on the conv-layer shape ``[4, 32, 64, 32, 32]`` (the small
 ``[8, 65536]`` call takes ~0.3 ms, where the fixed per-call cost of the node and op dispatch weighs in; its ratio
 is reported without a target); fp16 saved bytes exactly ``0.5x`` fp32's on both.

@@ -5,11 +5,14 @@ Every implementation computes the STBP decay-and-fire neuron over a multi-step i
 ``make_runner`` gives a callable that resets the state and runs one sequence, so every call is one
 independent sequence, for every implementation alike:
 
+The neuron's constants and SpikingJelly set-up are ``benchmarks/common.py``'s (``STBP_*``, ``sj_surrogate``,
+``sj_stbp_lif_kwargs``), shared with the ResNet benchmark:
+
 - ``ours_reference`` / ``ours_torch`` / ``ours_cupy``: ``sj_resnet.DecayFireNode(step_mode='m', backend=...)``
   with ``surrogate.Rect(1.0)`` (``cupy`` only for CUDA tensors with CuPy installed).
 - ``sj_rect``: SpikingJelly 2.0 ``LIFNode(tau=1/(1-decay), decay_input=False, v_reset=0.0,
-  surrogate_function=Rect(1.0), step_mode='m')`` — the same neuron. SpikingJelly has no kernel for Rect:
-  it runs its Python/autograd loop over T on every device.
+  surrogate_function=Rect(1.0), step_mode='m')`` (``common.sj_stbp_lif_kwargs``) — the same neuron. SpikingJelly
+  has no kernel for Rect: it runs its Python/autograd loop over T on every device.
 - ``sj_atan``: the same ``LIFNode`` with ``surrogate.ATan()`` — a *different surrogate* (its backward
   differs), measured because it is SpikingJelly's fast path (Triton kernel on CUDA, ``torch.ops.sj_lif``
   loop on the CPU).
@@ -27,9 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-DECAY = 0.25
-V_TH = 0.5
-ALPHA = 1.0
+from .common import STBP_ALPHA, STBP_DECAY, STBP_V_TH, sj_stbp_lif_kwargs, sj_surrogate
 
 
 @dataclass(frozen=True)
@@ -101,13 +102,7 @@ def surrogate_of(key: str) -> str:
     return IMPLS[key.removesuffix("_compiled")].surrogate
 
 
-def surrogate_module(name: str) -> torch.nn.Module:
-    from spikingjelly.activation_based import surrogate
-
-    return surrogate.Rect(alpha=ALPHA) if name == "Rect" else surrogate.ATan()
-
-
-def stbp_core(decay: float = DECAY, v_threshold: float = V_TH, alpha: float = ALPHA) -> Callable:
+def stbp_core(decay: float = STBP_DECAY, v_threshold: float = STBP_V_TH, alpha: float = STBP_ALPHA) -> Callable:
     """A FlexSN core for the STBP neuron: ``(x, v) -> (spike, v_next)``; captures only floats."""
     from spikingjelly.activation_based import surrogate
 
@@ -127,18 +122,10 @@ def build_module(key: str) -> torch.nn.Module:
         from sj_resnet import DecayFireNode
 
         backend = key.removeprefix("ours_")
-        return DecayFireNode(
-            decay=DECAY, v_threshold=V_TH, surrogate_function=surrogate_module("Rect"), step_mode="m", backend=backend
-        )
+        return DecayFireNode(decay=STBP_DECAY, v_threshold=STBP_V_TH, surrogate_function=sj_surrogate("Rect"),
+                             step_mode="m", backend=backend)
     if key in ("sj_rect", "sj_atan"):
-        return neuron.LIFNode(
-            tau=1.0 / (1.0 - DECAY),
-            decay_input=False,
-            v_threshold=V_TH,
-            v_reset=0.0,
-            surrogate_function=surrogate_module(IMPLS[key].surrogate),
-            step_mode="m",
-        )
+        return neuron.LIFNode(step_mode="m", **sj_stbp_lif_kwargs(IMPLS[key].surrogate))
     if key == "sj_flexsn":
         from spikingjelly.activation_based.neuron.flexsn import FlexSN
 
@@ -187,6 +174,6 @@ def float64_reference(x: Tensor, grad_spike: Tensor, surrogate: str) -> tuple[Te
 
     xd = x.detach().double().requires_grad_(True)
     v0 = torch.zeros(x.shape[1:], dtype=torch.float64, device=x.device)
-    spikes, _, _ = decay_fire_reference(xd, v0, DECAY, V_TH, surrogate_module(surrogate), False)
+    spikes, _, _ = decay_fire_reference(xd, v0, STBP_DECAY, STBP_V_TH, sj_surrogate(surrogate), False)
     (spikes * grad_spike.double()).sum().backward()
     return spikes.detach(), xd.grad

@@ -6,7 +6,9 @@ stay instant: ``from sj_resnet import DecayFireNode`` works as usual.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -22,9 +24,4 @@ if TYPE_CHECKING:
     from .neuron import DecayFireNode, ParametricDecayFireNode, decay_fire_multi_step, decay_fire_reference
 
 
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from . import neuron
-
-        return getattr(neuron, name)
-    raise AttributeError(f"module 'sj_resnet' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {name: ".neuron" for name in __all__ if name != "__version__"})

@@ -14,26 +14,16 @@ import sys
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from .train.config import (
-    AMP_MODES,
-    BACKENDS,
-    DATASETS,
-    EVAL_FIELDS,
-    FIELDS,
-    LOSSES,
-    NORMS,
-    OPTIMIZERS,
-    READOUTS,
-    SURROGATES,
-    resolve,
-)
+from .models.choices import MEMORY_HELP, NORMS, READOUTS
+from .neuron.choices import BACKENDS, DECAY_RANGE, SAVED_STATES, SURROGATES
+from .train.config import AMP_MODES, DATASETS, EVAL_FIELDS, FIELDS, LOSSES, OPTIMIZERS, resolve
 from .train.recipes import DATASET_DEFAULTS, RECIPES
 
 INTERRUPTED_EXIT = 130
 """Exit status after Ctrl-C/SIGTERM (128 + SIGINT, as shells report it), with or without a checkpoint written."""
 
 # Options whose default is not a value of the resolved config (or is spelled out in the help text itself).
-_NO_DEFAULT_NOTE = frozenset({"dataset", "recipe", "resume", "output_dir", "data_dir", "download"})
+_NO_DEFAULT_NOTE = frozenset({"dataset", "recipe", "resume", "output_dir", "data_dir", "download", "saved_state"})
 
 
 def _fmt_defaults(d: dict[str, Any]) -> str:
@@ -112,13 +102,15 @@ def _add_train_options(p: argparse.ArgumentParser, only: Collection[str] | None 
     g.add_argument("--zero-init-residual", action=B, default=None, help="zero each block's last BN scale")
     g.add_argument("--readout", choices=READOUTS, help="reduce the per-step outputs over time")
     g.add_argument("--surrogate", help=f"surrogate gradient NAME[:alpha]; NAME: {', '.join(SURROGATES)}")
-    g.add_argument("--decay", type=float, help="membrane decay in (0, 1]; 1 = IF neuron")
+    g.add_argument("--decay", type=float, help=f"membrane decay in {DECAY_RANGE}; 1 = IF neuron")
     g.add_argument("--v-threshold", type=float, help="firing threshold (> 0)")
     g.add_argument("--detach-reset", action=B, default=None, help="no gradient through the reset")
     g.add_argument("--backend", choices=BACKENDS, help="neuron kernel backend")
-    g.add_argument("--memory", help="what training keeps for backward: standard, compact (spikes "
-                                    "bit-packed, fp16 state; no recompute) or checkpoint[:LEVEL] (recompute blocks, "
-                                    "LEVEL 1-4); see docs/models.md")
+    g.add_argument("--memory", help=f"what training keeps for backward: {MEMORY_HELP}; compact: spikes bit-packed, "
+                                    "fp16 neuron state, no recompute; checkpoint: recompute blocks; see docs/models.md")
+    g.add_argument("--saved-state", choices=SAVED_STATES,
+                   help="neuron state saved for backward: fp32, or fp16 (h - V_th, half the bytes; docs/neuron.md); "
+                        "unset: the --memory mode's, fp16 for compact, else fp32")
 
     g = _Group(p, "optimisation", only)
     g.add_argument("--epochs", type=int)

@@ -48,16 +48,17 @@ def _ints(text: str) -> list[int]:
 
 
 def _params(sid: int, alpha: float, saved_state: str = "fp32") -> DecayFireParams:
-    return DecayFireParams(v_threshold=0.5, surrogate_id=sid, alpha=alpha, detach_reset=False, store_v_seq=False,
-                           saved_state=saved_state)
+    return DecayFireParams(v_threshold=common.STBP_V_TH, surrogate_id=sid, alpha=alpha, detach_reset=False,
+                           store_v_seq=False, saved_state=saved_state)
 
 
 def phase_bytes(phase: str, T: int, n: int, dtype: torch.dtype) -> int:
-    """Minimum bytes of one benchmark phase (``traffic`` formulas; see the module docstring)."""
+    """Minimum bytes of one benchmark phase (``traffic`` formulas; see the module docstring). ``node`` and ``fwd``
+    are the neuron benchmarks' calls (``common.min_traffic_bytes``)."""
+    if phase in ("node", "fwd"):
+        return common.min_traffic_bytes(T, n, dtype, with_backward=phase == "node")
     e = torch.empty((), dtype=dtype).element_size()
     saved = 2 if phase.endswith("fp16") else (0 if phase == "fwd-infer" else 4)
-    if phase == "node":
-        return traffic.training_step_bytes(T, n, e).total
     if phase.startswith("fwd"):
         return traffic.forward_bytes(T=T, n=n, x_size=e, state_size=4, saved_size=saved, v0=False,
                                      store_v_seq=False).total
@@ -80,7 +81,7 @@ def backends_for(device: torch.device) -> tuple[dict, dict]:
 
 def config_calls(found: dict, x, gs, decay) -> dict[str, Callable[[], object]]:
     """``{"<backend>/<phase>": call}`` for one input configuration."""
-    from spikingjelly.activation_based import functional, surrogate
+    from spikingjelly.activation_based import functional
 
     from sj_resnet import DecayFireNode
 
@@ -95,8 +96,8 @@ def config_calls(found: dict, x, gs, decay) -> dict[str, Callable[[], object]]:
         for phase, (p, kind) in backward_cases.items():
             fns[f"{bname}/{phase}"] = lambda mod=mod, p=p, h=saved[kind]: mod.backward(gs, None, h, None, decay, p,
                                                                                       False, False)
-        node = DecayFireNode(decay=0.25, v_threshold=0.5, surrogate_function=surrogate.ATan(), step_mode="m",
-                             backend=bname)
+        node = DecayFireNode(decay=common.STBP_DECAY, v_threshold=common.STBP_V_TH,
+                             surrogate_function=common.sj_surrogate("ATan"), step_mode="m", backend=bname)
         xg = x.detach().requires_grad_(True)
 
         def node_step(node=node, xg=xg):
@@ -118,7 +119,7 @@ def measure(args, device: torch.device) -> dict:
             g = torch.Generator(device=device).manual_seed(T)
             x = (torch.randn(T, n, generator=g, device=device) * 0.6 + 0.3).to(dtype)
             gs = torch.randn(T, n, generator=g, device=device).to(dtype)
-            decay = torch.tensor(0.25, device=device)
+            decay = torch.tensor(common.STBP_DECAY, device=device)
             fns = config_calls(found, x, gs, decay)
             res = common.interleaved_medians(fns, device, rounds=args.rounds, warmup=2, min_sample_s=args.min_sample_s)
             for key, r in res.items():

@@ -33,7 +33,6 @@ from .memory import SpikeInput, compact_batch_norm
 __all__ = [
     "BasicBlock",
     "Bottleneck",
-    "NORMS",
     "TDBN_RESIDUAL_ALPHA",
     "conv1x1",
     "conv3x3",
@@ -44,7 +43,6 @@ __all__ = [
     "seq_apply",
 ]
 
-NORMS = ("bn", "tdbn")
 TDBN_RESIDUAL_ALPHA = 1.0 / math.sqrt(2.0)
 """tdBN's alpha for the two BNs whose outputs are added (branch end and shortcut)."""
 

@@ -1,6 +1,7 @@
 """Memory modes of the spiking ResNets: what training keeps for the backward pass.
 
-One switch, ``memory=`` on every builder, :func:`~sj_resnet.models.create_model` and ``--memory`` in the CLI::
+One switch, ``memory=`` on every builder, :func:`~sj_resnet.models.create_model` and ``--memory`` in the CLI (the
+names, :class:`MemoryMode` and :func:`parse_memory` live in the torch-free ``choices.py``)::
 
     standard            what autograd saves: spikes, BN inputs and neuron states in the compute dtype
     compact             the same computation; binary tensors saved 1 bit per element, neuron state as fp16
@@ -42,6 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .choices import CHECKPOINT_LEVELS, MEMORY_MODES, MemoryMode, parse_memory
+
 __all__ = [
     "CHECKPOINT_LEVELS",
     "MEMORY_MODES",
@@ -58,54 +61,6 @@ __all__ = [
     "spike_input",
     "unpack_bits",
 ]
-
-MEMORY_MODES = ("standard", "compact", "checkpoint")
-"""The memory modes, the one list the builders, the training config and the CLI use."""
-CHECKPOINT_LEVELS = (1, 2, 3, 4)
-"""``optimize_memory`` levels: 1 selective checkpointing (any device); 2-4 need CUDA memory measurements."""
-MEMORY_HELP = "standard | compact | checkpoint[:LEVEL] (LEVEL 1-4, default 1)"
-
-
-@dataclass(frozen=True)
-class MemoryMode:
-    """A parsed memory mode: ``name`` in :data:`MEMORY_MODES`, ``level`` for ``checkpoint`` (else ``None``)."""
-
-    name: str
-    level: int | None = None
-
-    @property
-    def compact(self) -> bool:
-        return self.name == "compact"
-
-    def __str__(self) -> str:
-        return self.name if self.level is None else f"{self.name}:{self.level}"
-
-
-def parse_memory(spec: str | MemoryMode | None) -> MemoryMode:
-    """``'standard'``, ``'compact'``, ``'checkpoint'`` or ``'checkpoint:LEVEL'`` -> :class:`MemoryMode`.
-
-    ``None`` means ``'standard'``; ``'checkpoint'`` alone means level 1. Anything else raises ``ValueError``
-    naming the accepted spellings.
-    """
-    if isinstance(spec, MemoryMode):
-        return spec
-    if spec is None:
-        return MemoryMode("standard")
-    if not isinstance(spec, str):
-        raise TypeError(f"memory must be a string ({MEMORY_HELP}), got {type(spec).__name__}")
-    name, sep, level = spec.strip().lower().partition(":")
-    if name not in MEMORY_MODES:
-        raise ValueError(f"unknown memory mode {spec!r}; choose {MEMORY_HELP}")
-    if name != "checkpoint":
-        if sep:
-            raise ValueError(f"memory mode {name!r} takes no level (got {spec!r}); only checkpoint[:LEVEL] does")
-        return MemoryMode(name)
-    if not sep:
-        return MemoryMode(name, 1)
-    if level not in {str(v) for v in CHECKPOINT_LEVELS}:
-        raise ValueError(f"checkpoint level must be one of {CHECKPOINT_LEVELS}, got {level!r} in {spec!r}")
-    return MemoryMode(name, int(level))
-
 
 # --------------------------------------------------------------------------------------------------
 # Bit packing
@@ -384,13 +339,14 @@ def _takes_saved_state(spiking_neuron: Any) -> bool:
 
 
 def compact_neuron_kwargs(spiking_neuron: Any, neuron_kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Neuron arguments for ``compact``: ``saved_state='fp16'`` added for our nodes, unless given explicitly.
+    """Neuron arguments for ``compact``: ``saved_state=MemoryMode('compact').saved_state`` (``'fp16'``) added for
+    our nodes, unless given explicitly (``saved_state='fp32'`` keeps the fp32 state with bit-packed spikes).
 
     Third-party nodes (SpikingJelly's ``LIFNode``, ...) are built as given: their saved state is theirs.
     """
     kwargs = dict(neuron_kwargs)
     if "saved_state" not in kwargs and _takes_saved_state(spiking_neuron):
-        kwargs["saved_state"] = "fp16"
+        kwargs["saved_state"] = MemoryMode("compact").saved_state
     return kwargs
 
 

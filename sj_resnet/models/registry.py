@@ -84,9 +84,16 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def _builders() -> dict[str, Callable[..., nn.Module]]:
+    """The registered builders, ours included (``resnet.py`` registers them when it is first imported)."""
+    from . import resnet  # noqa: F401
+
+    return _MODELS
+
+
 def list_models(filter: str = "") -> list[str]:
     """Names of the registered builders, sorted; ``filter`` is a shell-style pattern (``'resnet1*'``)."""
-    return sorted(n for n in _MODELS if not filter or fnmatch.fnmatchcase(n, filter))
+    return sorted(n for n in _builders() if not filter or fnmatch.fnmatchcase(n, filter))
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
@@ -94,7 +101,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
     Keyword arguments go to the builder (see ``SpikingResNet`` and the builders' docstrings).
     """
-    if name not in _MODELS:
+    if name not in _builders():
         close = difflib.get_close_matches(str(name), list(_MODELS), n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}.{hint}")

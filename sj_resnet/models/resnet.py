@@ -24,15 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .blocks import NORMS, BasicBlock, Bottleneck, batch_norm_repeated, init_bn, make_neuron, neuron_threshold
-from .memory import (
-    MemoryMode,
-    SpikeInput,
-    apply_checkpoint,
-    check_spiking,
-    compact_neuron_kwargs,
-    parse_memory,
-)
+from .blocks import BasicBlock, Bottleneck, batch_norm_repeated, init_bn, make_neuron, neuron_threshold
+from .choices import NORMS, READOUTS, STEMS, MemoryMode, parse_memory
+from .memory import SpikeInput, apply_checkpoint, check_spiking, compact_neuron_kwargs
 from .registry import WeightsEntry, register_model
 from .weights import load_weights, resolve_weights
 
@@ -46,9 +40,6 @@ __all__ = [
     "resnet19",
     "resnet18_cifar",
 ]
-
-STEMS = ("imagenet", "cifar")
-READOUTS = ("sum", "mean")
 
 
 def _default_neuron() -> type[nn.Module]:

@@ -22,7 +22,7 @@ from spikingjelly.activation_based import neuron, surrogate
 from torch import Tensor, nn
 
 from . import ops, surrogates
-from .backends import ALL_BACKENDS
+from .choices import BACKENDS
 from .ops import check_decay, check_saved_state, check_state, check_threshold
 from .reference import state_dtype_for
 
@@ -56,8 +56,8 @@ class DecayFireNode(neuron.BaseNode):
         store_v_seq: bool = False,
         saved_state: str = "fp32",
     ) -> None:
-        if backend not in ALL_BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {ALL_BACKENDS}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         if surrogate_function is None:
             surrogate_function = surrogate.Rect(alpha=1.0)
         elif isinstance(surrogate_function, str):

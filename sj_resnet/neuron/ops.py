@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from . import backends, surrogates
-from .params import SAVED_STATES, DecayFireParams
+from .choices import BACKENDS, DECAY_HIGH, DECAY_LOW, DECAY_RANGE, SAVED_STATES, decay_in_range
+from .params import DecayFireParams
 from .reference import decay_fire_reference, state_dtype_for
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -214,15 +215,15 @@ def check_threshold(v_threshold) -> float:
 
 
 def check_decay(decay) -> float:
-    """Accept an int or float decay in (0, 1]; return it as a float."""
+    """Accept an int or float decay in ``choices.DECAY_RANGE`` (0, 1]; return it as a float."""
     d = _check_number(decay, "decay")
-    if not 0.0 < d <= 1.0:
-        raise ValueError(f"decay must be in (0, 1] (1.0 is a non-leaky IF neuron), got {d}")
+    if not decay_in_range(d):
+        raise ValueError(f"decay must be in {DECAY_RANGE} (1.0 is a non-leaky IF neuron), got {d}")
     return d
 
 
 def check_saved_state(saved_state) -> str:
-    """Accept one of ``params.SAVED_STATES``."""
+    """Accept one of ``choices.SAVED_STATES``."""
     if saved_state not in SAVED_STATES:
         raise ValueError(
             f"saved_state must be one of {SAVED_STATES} ('fp16' saves h - v_threshold as float16 for backward: "
@@ -268,11 +269,11 @@ def _check_decay_tensor(decay: Tensor, x_seq: Tensor, check_values: bool) -> Non
         raise ValueError(f"decay is on {decay.device} but x_seq is on {x_seq.device}; move them together")
     if check_values and not torch.compiler.is_compiling() and not _is_functorch_wrapped(decay):
         with torch.no_grad():
-            bad = ~((decay > 0) & (decay <= 1))  # NaN compares False: refused too
+            bad = ~((decay > DECAY_LOW) & (decay <= DECAY_HIGH))  # NaN compares False: refused too
             if bool(bad.any()):
                 first = decay.detach().reshape(-1)[bad.reshape(-1)][0].item()
                 raise ValueError(
-                    f"decay must be in (0, 1] (1.0 is a non-leaky IF neuron), got a tensor holding {first}"
+                    f"decay must be in {DECAY_RANGE} (1.0 is a non-leaky IF neuron), got a tensor holding {first}"
                 )
 
 
@@ -300,8 +301,8 @@ def _is_functorch_wrapped(t) -> bool:
 
 def resolve_backend(backend: str, x_seq: Tensor, fused_ok: bool, surrogate_name: str, under_func: bool = False) -> str:
     """The concrete backend for this call (see the module docstring for the rules)."""
-    if backend not in backends.ALL_BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {backends.ALL_BACKENDS}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "reference":
         return backend
     if under_func:

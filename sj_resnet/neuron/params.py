@@ -11,10 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import astuple, dataclass
 
-# The kinds of state a fused forward saves for backward (one owner; nodes, op and CLI import it from here):
-#   "fp32": h[t] (the pre-reset membrane) in the state dtype (float32, float64 for float64 inputs), 4 B/neuron-step
-#   "fp16": d[t] = h[t] - v_threshold as float16, 2 B/neuron-step; spikes come from the sign bit of d
-SAVED_STATES = ("fp32", "fp16")
+from .choices import SAVED_STATES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +24,7 @@ class DecayFireParams:
         alpha: that surrogate's ``alpha`` (> 0).
         detach_reset: stop the gradient through the reset term ``(1 - o)``.
         store_v_seq: ``forward`` returns every post-reset potential ``v_seq [T, N, *]`` instead of ``v_last``.
-        saved_state: what ``forward`` saves for ``backward``, one of ``SAVED_STATES``.
+        saved_state: what ``forward`` saves for ``backward``, one of ``choices.SAVED_STATES``.
     """
 
     v_threshold: float

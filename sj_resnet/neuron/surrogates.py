@@ -14,8 +14,9 @@ The forward of every surrogate is SpikingJelly's heaviside ``H(x) = 1[x >= 0]``.
     6   SuperSpike             a / (1 + |x|)^2
     7   Erf                    (a / sqrt(pi)) * exp(-(a x)^2)
 
-The ids are the ``SJR_SURROGATE_*`` constants of ``backends/cupy/surrogates.cuh``; the tests check the two
-tables against each other and against SpikingJelly's own backward. A surrogate not in the table (or one
+The names and their order are ``choices.SURROGATE_CLASSES`` (torch-free, shared with the CLI): an id is the
+position there and a ``SJR_SURROGATE_*`` constant of ``backends/cupy/surrogates.cuh``; the tests check the tables
+against each other and against SpikingJelly's own backward. A surrogate not in the table (or one
 with ``spiking=False``) has no fused kernel: ``lookup`` returns ``None`` and the op falls back to the
 reference implementation.
 """
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from spikingjelly.activation_based import surrogate
 from torch import Tensor
+
+from .choices import SURROGATE_CLASSES, parse_surrogate
 
 
 def _rect(x: Tensor, a: float) -> Tensor:
@@ -86,19 +89,24 @@ class SurrogateSpec:
     slope: Callable[[float], float]
 
 
-SURROGATES: tuple[SurrogateSpec, ...] = (
-    SurrogateSpec(0, "Rect", surrogate.Rect, _rect, lambda a: a, lambda a: 0.0),
-    SurrogateSpec(1, "Sigmoid", surrogate.Sigmoid, _sigmoid, lambda a: a / 4, lambda a: a * a / (6 * math.sqrt(3))),
-    SurrogateSpec(2, "ATan", surrogate.ATan, _atan, lambda a: a / 2,
-                  lambda a: a * a * 9 * math.pi / (32 * math.sqrt(3))),  # fmt: skip
-    SurrogateSpec(3, "PiecewiseQuadratic", surrogate.PiecewiseQuadratic, _piecewise_quadratic, lambda a: a,
-                  lambda a: a * a),  # fmt: skip
-    SurrogateSpec(4, "PiecewiseExp", surrogate.PiecewiseExp, _piecewise_exp, lambda a: a / 2, lambda a: a * a / 2),
-    SurrogateSpec(5, "SoftSign", surrogate.SoftSign, _soft_sign, lambda a: a / 2, lambda a: a * a),
-    SurrogateSpec(6, "SuperSpike", surrogate.SuperSpike, _super_spike, lambda a: a, lambda a: 2 * a),
-    SurrogateSpec(7, "Erf", surrogate.Erf, _erf, lambda a: a / math.sqrt(math.pi),
-                  lambda a: a * a * math.sqrt(2 / math.pi) * math.exp(-0.5)),  # fmt: skip
+_Bound = Callable[[float], float]
+FORMULAS: dict[str, tuple[type, Callable[[Tensor, float], Tensor], _Bound, _Bound]] = {
+    "Rect": (surrogate.Rect, _rect, lambda a: a, lambda a: 0.0),
+    "Sigmoid": (surrogate.Sigmoid, _sigmoid, lambda a: a / 4, lambda a: a * a / (6 * math.sqrt(3))),
+    "ATan": (surrogate.ATan, _atan, lambda a: a / 2, lambda a: a * a * 9 * math.pi / (32 * math.sqrt(3))),
+    "PiecewiseQuadratic": (surrogate.PiecewiseQuadratic, _piecewise_quadratic, lambda a: a, lambda a: a * a),
+    "PiecewiseExp": (surrogate.PiecewiseExp, _piecewise_exp, lambda a: a / 2, lambda a: a * a / 2),
+    "SoftSign": (surrogate.SoftSign, _soft_sign, lambda a: a / 2, lambda a: a * a),
+    "SuperSpike": (surrogate.SuperSpike, _super_spike, lambda a: a, lambda a: 2 * a),
+    "Erf": (surrogate.Erf, _erf, lambda a: a / math.sqrt(math.pi),
+            lambda a: a * a * math.sqrt(2 / math.pi) * math.exp(-0.5)),
+}
+"""One row per name of ``choices.SURROGATE_CLASSES``: (SpikingJelly class, ``sg(x; a)``, ``peak(a)``, ``slope(a)``)."""
+
+SURROGATES: tuple[SurrogateSpec, ...] = tuple(
+    SurrogateSpec(sid, name, *FORMULAS[name]) for sid, name in enumerate(SURROGATE_CLASSES)
 )
+"""The table, in kernel-id order (the order of ``choices.SURROGATE_CLASSES``)."""
 _BY_CLASS = {spec.sj_class: spec for spec in SURROGATES}
 _BY_ID = {spec.sid: spec for spec in SURROGATES}
 
@@ -122,31 +130,13 @@ def surrogate_grad(sid: int, x: Tensor, alpha: float) -> Tensor:
     return _BY_ID[sid].grad(x, alpha)
 
 
-# Lower-case names (``'atan'``, ``'piecewisequadratic'``) -> table row: the one list the CLI and config use.
-NAMES: dict[str, SurrogateSpec] = {spec.name.lower(): spec for spec in SURROGATES}
-
-
 def from_name(spec: str) -> torch.nn.Module:
     """``'atan'``, ``'ATan:2.0'``, ``'rect:1.0'`` ... -> the SpikingJelly surrogate module of that table row.
 
-    The name is a class of the table above, case-insensitive; ``:alpha`` (finite, > 0) overrides the class's
-    default ``alpha``. Raises ``ValueError`` naming the choices.
+    The spec is parsed by :func:`sj_resnet.neuron.choices.parse_surrogate` (the parser the CLI uses too): a class
+    of the table above, case-insensitive, and an optional ``:alpha`` (finite, > 0) overriding the class's default
+    ``alpha``. Raises ``ValueError`` naming the choices.
     """
-    if not isinstance(spec, str):
-        raise TypeError(f"a surrogate name must be a str such as 'atan' or 'atan:2.0', got {type(spec).__name__}")
-    name, sep, alpha_text = spec.partition(":")
-    row = NAMES.get(name.strip().lower())
-    if row is None:
-        raise ValueError(
-            f"unknown surrogate {spec!r}; choose one of {', '.join(NAMES)} optionally with ':alpha' (e.g. 'atan:2.0'), "
-            "or pass a spikingjelly.activation_based.surrogate module"
-        )
-    if not sep:
-        return row.sj_class()
-    try:
-        alpha = float(alpha_text)
-    except ValueError as exc:
-        raise ValueError(f"surrogate {spec!r}: alpha {alpha_text!r} is not a number") from exc
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"surrogate {spec!r}: alpha must be a finite number > 0, got {alpha}")
-    return row.sj_class(alpha=alpha)
+    name, alpha = parse_surrogate(spec)
+    cls = FORMULAS[name][0]
+    return cls() if alpha is None else cls(alpha=alpha)

@@ -42,7 +42,9 @@ class CheckpointError(RuntimeError):
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (temp file in the same directory, fsync, ``os.replace``).
 
-    An ``OSError`` (disk full, ...) becomes a :class:`CheckpointError` that says the old file survived."""
+    An ``OSError`` (disk full, ...) becomes a :class:`CheckpointError` that says the old file survived; so does the
+    ``RuntimeError`` that ``torch.save``'s zip writer raises when the file's ``write`` fails (the ``OSError`` is its
+    context)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -55,10 +57,11 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     except BaseException as exc:
         with _suppress():
             tmp.unlink()
-        if isinstance(exc, OSError):  # disk full, quota, read-only: the old file is still there
+        failed = _os_error(exc)
+        if failed is not None:  # disk full, quota, file size limit, read-only: the old file is still there
             raise CheckpointError(
-                f"could not write {path} ({exc.strerror or exc}); the previous {path.name}, if any, is unchanged. "
-                "Free space (or pick another --output-dir) and continue with --resume"
+                f"could not write {path} ({failed.strerror or failed}); the previous {path.name}, if any, is "
+                "unchanged. Free space (or pick another --output-dir) and continue with --resume"
             ) from exc
         raise
     with _suppress():  # make the rename itself durable
@@ -68,6 +71,17 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
         finally:
             os.close(fd)
     return path
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """``exc`` if it is an ``OSError``, else the ``OSError`` it was raised from or while handling, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 class _suppress:

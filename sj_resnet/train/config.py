@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..models.choices import NORMS, READOUTS, parse_memory
+from ..neuron.choices import BACKENDS, DECAY_RANGE, SAVED_STATES, decay_in_range, parse_surrogate
 from .recipes import DATASET_DEFAULTS, RECIPES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -20,19 +22,8 @@ LOSSES = ("ce", "tet")
 AMP_MODES = ("none", "bf16", "fp16")
 DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
 """Every ``--dataset`` (``data.build_datasets`` builds each; ``recipes.DATASET_DEFAULTS`` has an entry for each)."""
-
-# Torch-free copies of choices that the neuron and model packages own, so that `sj-resnet --help` and option
-# checks need no torch import; tests/train/test_train_units.py::test_every_choice_has_one_owner keeps them equal
-# to their owners (models.blocks.NORMS, models.resnet.READOUTS, neuron.backends.ALL_BACKENDS,
-# neuron.surrogates.SURROGATES, neuron.ops.check_decay's range).
-NORMS = ("bn", "tdbn")
-READOUTS = ("sum", "mean")
-BACKENDS = ("auto", "reference", "torch", "cupy")
-# --surrogate names (case-insensitive) -> the SpikingJelly class names of neuron.surrogates.SURROGATES
-SURROGATES = {
-    "rect": "Rect", "sigmoid": "Sigmoid", "atan": "ATan", "piecewisequadratic": "PiecewiseQuadratic",
-    "piecewiseexp": "PiecewiseExp", "softsign": "SoftSign", "superspike": "SuperSpike", "erf": "Erf",
-}
+# The model's and the neuron's choices (norms, readouts, memory modes, backends, surrogate names, the decay range,
+# saved-state kinds) are owned by the torch-free sj_resnet.models.choices and sj_resnet.neuron.choices.
 SEED_LIMIT = 2**32  # numpy's and CUDA's seeds are 32-bit: larger seeds would alias smaller ones
 MAX_IMAGE_SIZE = 1024  # sides beyond this exhaust memory long before they could help these models
 MAX_DIGITS_IMAGE_SIZE = 256  # the 1797 upsampled digits are held in memory: 256 px is 470 MB
@@ -83,7 +74,8 @@ class TrainConfig:
     v_threshold: float = 0.5
     detach_reset: bool = False
     backend: str = "auto"
-    memory: str = "standard"  # sj_resnet.models.memory.MEMORY_MODES: standard, compact, checkpoint[:LEVEL]
+    memory: str = "standard"  # sj_resnet.models.choices.MEMORY_MODES: standard, compact, checkpoint[:LEVEL]
+    saved_state: str | None = None  # neuron state saved for backward: fp32 | fp16; None: the memory mode's choice
     # optimisation
     epochs: int = 10
     batch_size: int = 64  # per process
@@ -134,27 +126,6 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 
 def _flag(name: str) -> str:
     return f"--{name.replace('_', '-')}"
-
-
-def split_surrogate(spec: str) -> tuple[str, float | None]:
-    """``'atan:2.0'`` -> ``('ATan', 2.0)``; ``'rect'`` -> ``('Rect', None)``. Raises :class:`ConfigError` with
-    the accepted names for an unknown name, and for an alpha that is not a finite number > 0."""
-    name, _, alpha = str(spec).partition(":")
-    cls_name = SURROGATES.get(name.strip().lower())
-    if cls_name is None:
-        raise ConfigError(
-            f"unknown --surrogate {spec!r}; choose one of {', '.join(sorted(SURROGATES))} "
-            "optionally with ':alpha', e.g. 'atan:2.0'"
-        )
-    if not alpha:
-        return cls_name, None
-    try:
-        a = float(alpha)
-    except ValueError:
-        raise ConfigError(f"--surrogate {spec!r}: alpha {alpha!r} is not a number") from None
-    if not (math.isfinite(a) and a > 0):
-        raise ConfigError(f"--surrogate {spec!r}: alpha must be a finite number > 0, e.g. 'atan:2.0'")
-    return cls_name, a
 
 
 def _check_finite(cfg: TrainConfig) -> None:
@@ -215,8 +186,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         if cfg.image_size > limit:
             raise ConfigError(f"--image-size {cfg.image_size} is too large for --dataset {cfg.dataset} (at most "
                               f"{limit}); the defaults are in `sj-resnet train --help`")
-    if not 0 < cfg.decay <= 1:
-        raise ConfigError(f"--decay must be in (0, 1] (1 = IF neuron); got {cfg.decay}")
+    if not decay_in_range(cfg.decay):
+        raise ConfigError(f"--decay must be in {DECAY_RANGE} (1 = IF neuron); got {cfg.decay}")
     if cfg.warmup_epochs > cfg.epochs:
         raise ConfigError(f"--warmup-epochs ({cfg.warmup_epochs}) exceeds --epochs ({cfg.epochs})")
     if cfg.ema_decay is not None and not 0 < cfg.ema_decay < 1:
@@ -225,14 +196,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--tet-lambda must be in [0, 1]; got {cfg.tet_lambda}")
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
         raise ConfigError(f"unknown --recipe {cfg.recipe!r}; available: {', '.join(sorted(RECIPES))}")
-    split_surrogate(cfg.surrogate)
-    if cfg.memory != "standard":  # the default needs no parsing, and `--help` (which resolves it) no torch
-        from ..models.memory import parse_memory  # the owner of the memory modes (imports torch)
-
-        try:
-            cfg.memory = str(parse_memory(cfg.memory))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(str(exc)) from None
+    try:
+        parse_surrogate(cfg.surrogate)
+        memory = parse_memory(cfg.memory)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    cfg.memory = str(memory)
+    if cfg.saved_state is None:
+        cfg.saved_state = memory.saved_state
+    _check_choice("saved_state", cfg.saved_state, SAVED_STATES)
     return cfg
 
 

@@ -10,23 +10,21 @@ from typing import Any
 
 from torch import nn
 
-from sj_resnet.neuron.surrogates import SURROGATES
+from sj_resnet.neuron.surrogates import from_name
 
-from .config import ConfigError, split_surrogate
-
-_SJ_CLASSES: dict[str, type[nn.Module]] = {spec.name: spec.sj_class for spec in SURROGATES}
+from .config import ConfigError
 
 
 def parse_surrogate(spec: str) -> nn.Module:
     """``'atan'``, ``'atan:2.0'``, ``'rect:1.0'``, ... -> a SpikingJelly surrogate module.
 
-    Names are the surrogates with a fused kernel (``sj_resnet.neuron.surrogates.SURROGATES``; the CLI's torch-free
-    copy ``config.SURROGATES`` is tested equal), case-insensitive; ``:alpha`` overrides the class's default alpha.
-    Raises :class:`~sj_resnet.train.config.ConfigError` (a ``ValueError``).
+    :func:`sj_resnet.neuron.surrogates.from_name` (names: ``sj_resnet.neuron.choices.SURROGATES``, case-insensitive;
+    ``:alpha`` overrides the class's default alpha), raising :class:`~sj_resnet.train.config.ConfigError`.
     """
-    cls_name, alpha = split_surrogate(spec)
-    cls = _SJ_CLASSES[cls_name]
-    return cls() if alpha is None else cls(alpha=alpha)
+    try:
+        return from_name(spec)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_backend(backend: str, device) -> None:
@@ -60,6 +58,7 @@ def model_spec(cfg, num_classes: int, in_channels: int) -> dict[str, Any]:
         "backend": cfg.backend,
         "surrogate": cfg.surrogate,
         "memory": cfg.memory,
+        "saved_state": cfg.saved_state,
     }
     if cfg.width is not None:
         kwargs["width"] = cfg.width

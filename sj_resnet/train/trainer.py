@@ -568,6 +568,7 @@ class Trainer:
             "wall_time_s": total,
             "mean_train_img_s": sum(speeds) / len(speeds) if speeds else None,
             "memory": self.cfg.memory,
+            "saved_state": self.cfg.saved_state,
             "peak_memory_mib": mem,
             "peak_memory_kind": kind,
             "firing_rates_test": ev.firing if ev is not None else {},

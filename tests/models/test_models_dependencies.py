@@ -23,7 +23,9 @@ import json, sys
 import spikingjelly.activation_based.functional, spikingjelly.activation_based.neuron
 import spikingjelly.activation_based.surrogate
 before = set(sys.modules)
-import {target}
+import {target} as target
+for name in target.__all__:  # the packages import lazily: touch every public name
+    getattr(target, name)
 json.dump({{"before": sorted(before), "after": sorted(sys.modules)}}, sys.stdout)
 """
 
@@ -41,6 +43,17 @@ def test_library_imports_no_training_package(target):
     assert target.split(".")[0] in added  # the probe sees the import it makes
     assert not added & set(TRAIN_PACKAGES), added & set(TRAIN_PACKAGES)
     assert "sj_resnet.train" not in mods["after"]
+
+
+def test_choices_import_no_torch():
+    """The lists of choices and the training config are torch-free (``sj-resnet --help`` reads them), and so are
+    the ``sj_resnet.neuron`` and ``sj_resnet.models`` packages until a public name is used (PEP 562)."""
+    code = ("import sys\n"
+            "import sj_resnet.neuron.choices, sj_resnet.models.choices, sj_resnet.train.config\n"
+            "print(sorted(m for m in ('torch', 'spikingjelly', 'numpy') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                         timeout=120).stdout
+    assert out.strip() == "[]", out
 
 
 def test_pyproject_declares_dependencies_by_use():

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from sj_resnet.neuron.params import SAVED_STATES, DecayFireParams
+from sj_resnet.neuron.choices import SAVED_STATES
+from sj_resnet.neuron.params import DecayFireParams
 
 GOOD = dict(v_threshold=0.5, surrogate_id=2, alpha=2.0, detach_reset=True, store_v_seq=False)
 

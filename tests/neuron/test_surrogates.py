@@ -6,7 +6,9 @@ import pytest
 import torch
 from spikingjelly.activation_based import surrogate
 
-from sj_resnet.neuron.surrogates import SURROGATES, lookup, surrogate_grad
+from sj_resnet.neuron.choices import SURROGATE_CLASSES
+from sj_resnet.neuron.choices import SURROGATES as CLI_NAMES
+from sj_resnet.neuron.surrogates import FORMULAS, SURROGATES, from_name, lookup, surrogate_grad
 
 
 @pytest.mark.parametrize("spec", SURROGATES, ids=lambda s: s.name)
@@ -23,6 +25,18 @@ def test_table_matches_spikingjelly_backward(spec, alpha):
 
 def test_ids_are_unique_and_dense():
     assert sorted(s.sid for s in SURROGATES) == list(range(len(SURROGATES)))
+
+
+def test_the_formula_table_covers_exactly_the_named_surrogates():
+    """``FORMULAS`` has one row per name of the torch-free ``choices.SURROGATE_CLASSES`` (the CLI's names), the
+    ids are the positions there, and each row's class is the SpikingJelly class of that name."""
+    assert set(FORMULAS) == set(SURROGATE_CLASSES) and len(SURROGATE_CLASSES) == len(set(SURROGATE_CLASSES))
+    assert [(s.sid, s.name) for s in SURROGATES] == list(enumerate(SURROGATE_CLASSES))
+    for spec in SURROGATES:
+        assert spec.sj_class is getattr(surrogate, spec.name)
+    for cli_name, cls_name in CLI_NAMES.items():  # every --surrogate name builds its class
+        assert type(from_name(cli_name)) is getattr(surrogate, cls_name)
+        assert from_name(f"{cli_name.upper()}:0.5").alpha == 0.5
 
 
 def test_lookup_rejects_what_has_no_kernel():

@@ -5,13 +5,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import TINY, cli
-
-from sj_resnet.train import checkpoint as ckpt_io
+from train_helpers import REPO, TINY, cli, subprocess_env
 
 FAST = [*TINY, "--epochs", "1", "--limit-train-batches", "2", "--limit-eval-batches", "1", "--batch-size", "16"]
 HAS_CUDA = torch.cuda.is_available()
@@ -91,17 +92,16 @@ def test_a_failing_set_up_leaves_no_run_folder(tmp_path, capsys):
     assert not run.exists()
 
 
-def test_eval_output_into_a_missing_directory_is_refused_before_evaluating(tmp_path, capsys, trained, monkeypatch):
-    from sj_resnet.train import eval_command as ev
-
-    def no_evaluation(*a, **k):
-        raise AssertionError("evaluated before checking --output")
-
-    monkeypatch.setattr(ev, "evaluate", no_evaluation)
-    assert cli("eval", "-c", trained, "--threads", "1", "--output", tmp_path / "missing" / "r.json") == 2
+def test_eval_output_into_a_missing_directory_is_refused_before_evaluating(tmp_path, capsys, trained):
+    """--output is checked before anything is loaded: with data that cannot be found either, the error is about
+    --output (evaluating first would have failed on the data)."""
+    no_data = ["--dataset", "cifar10", "--data-dir", tmp_path / "no-data"]
+    assert cli("eval", "-c", trained, "--threads", "1", *no_data, "--output", tmp_path / "missing" / "r.json") == 2
     _one_line_error(capsys, "--output", "does not exist")
-    assert cli("eval", "-c", trained, "--threads", "1", "--output", tmp_path) == 2
+    assert cli("eval", "-c", trained, "--threads", "1", *no_data, "--output", tmp_path) == 2
     _one_line_error(capsys, "is a directory")
+    assert cli("eval", "-c", trained, "--threads", "1", *no_data) == 2  # the data error the check came before
+    _one_line_error(capsys, "cifar10")
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the message on a machine without a GPU")
@@ -133,19 +133,27 @@ def test_random_bytes_checkpoint_never_suggests_unsafe_loading(tmp_path, capsys,
     assert _sha(bad) == before
 
 
-def test_disk_full_while_saving_keeps_the_old_checkpoint(tmp_path, capsys, monkeypatch):
+def test_a_failed_checkpoint_write_keeps_the_old_checkpoint(tmp_path, capsys):
+    """A real failing write: the resumed run runs under a file-size limit (``RLIMIT_FSIZE``) below the checkpoint's
+    size, so the kernel refuses the checkpoint's bytes (EFBIG, as ENOSPC on a full disk) half-way through
+    ``torch.save``. One error line, exit 2, both checkpoints unchanged, no temporary file left."""
     run = tmp_path / "run"
     assert cli("train", *FAST, "--epochs", "2", "--stop-after-epochs", "1", "-o", run) == 0
     capsys.readouterr()
     before = {p.name: _sha(p) for p in (run / "last.pt", run / "best.pt")}
-    real_save = torch.save
+    limit = min((run / "last.pt").stat().st_size, (run / "best.pt").stat().st_size) // 2
+    assert limit > 4 * (run / "metrics.csv").stat().st_size  # the run's small files still fit
 
-    def full_disk(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    def small_files_only():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # Python ignores SIGXFSZ: writes get EFBIG
 
-    monkeypatch.setattr(ckpt_io.torch, "save", full_disk)
-    assert cli("train", "--resume", run, "--threads", "1") == 2
-    _one_line_error(capsys, "No space left on device", "is unchanged", "--resume")
+    proc = subprocess.run([sys.executable, "-m", "sj_resnet", "train", "--resume", str(run), "--threads", "1"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300,
+                          preexec_fn=small_files_only)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("sj-resnet: error: could not write ") and proc.stderr.count("\n") == 1, proc.stderr
+    for needle in (os.strerror(errno.EFBIG), "is unchanged", "--resume"):
+        assert needle in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
     assert {p.name: _sha(p) for p in (run / "last.pt", run / "best.pt")} == before
     assert not [p for p in os.listdir(run) if ".tmp-" in p]

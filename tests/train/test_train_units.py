@@ -138,19 +138,42 @@ def test_parse_surrogate():
 
 
 def test_every_choice_has_one_owner():
-    """The CLI takes every list of choices from train/config.py; the copies there of lists the neuron and model
-    packages own (kept torch-free for `--help`) equal their owners."""
+    """The CLI's choices are the owners' objects (no copies): datasets, optimizers, losses and AMP modes from
+    train/config.py, norms and readouts from models/choices.py, backends and saved-state kinds from
+    neuron/choices.py; the config checks with the same lists, and the neuron and models use them too."""
     from sj_resnet.cli import build_parser
-    from sj_resnet.models.blocks import NORMS
-    from sj_resnet.models.resnet import READOUTS
-    from sj_resnet.neuron.backends import ALL_BACKENDS
+    from sj_resnet.models import BasicBlock, SpikingResNet
+    from sj_resnet.models import choices as model_choices
+    from sj_resnet.neuron import DecayFireNode
+    from sj_resnet.neuron import choices as neuron_choices
     from sj_resnet.neuron.ops import check_decay
-    from sj_resnet.neuron.surrogates import SURROGATES
 
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]  # argparse keeps sub-parsers nowhere public
+    choices = {a.dest: a.choices for a in train._actions if a.choices is not None}
+    owners = {"dataset": cfgmod.DATASETS, "norm": model_choices.NORMS, "readout": model_choices.READOUTS,
+              "backend": neuron_choices.BACKENDS, "saved_state": neuron_choices.SAVED_STATES,
+              "opt": cfgmod.OPTIMIZERS, "loss": cfgmod.LOSSES, "amp": cfgmod.AMP_MODES}
+    assert set(choices) == set(owners) | {"recipe"} and choices["recipe"] == sorted(RECIPES)
+    for dest, owner in owners.items():
+        assert choices[dest] is owner, dest
     assert list(DATASET_DEFAULTS) == list(cfgmod.DATASETS)
-    assert (cfgmod.NORMS, cfgmod.READOUTS, cfgmod.BACKENDS) == (NORMS, READOUTS, ALL_BACKENDS)
-    assert cfgmod.SURROGATES == {s.name.lower(): s.name for s in SURROGATES}
-    for decay in (0.0, 1e-9, 0.5, 1.0, 1.0 + 1e-9):  # the config's decay range is the neuron's
+    for name, owner in (("norm", model_choices.NORMS), ("readout", model_choices.READOUTS),
+                        ("backend", neuron_choices.BACKENDS), ("saved_state", neuron_choices.SAVED_STATES)):
+        with pytest.raises(cfgmod.ConfigError, match=f"--{name.replace('_', '-')} must be one of {', '.join(owner)}"):
+            cfgmod.resolve({name: "nope"})
+    # the packages accept exactly their owners' values
+    for backend in neuron_choices.BACKENDS:
+        assert DecayFireNode(backend=backend).backend == backend
+    for saved_state in neuron_choices.SAVED_STATES:
+        assert DecayFireNode(saved_state=saved_state).saved_state == saved_state
+    with pytest.raises(ValueError, match="unknown backend"):
+        DecayFireNode(backend="nope")
+    for norm in model_choices.NORMS:
+        for readout in model_choices.READOUTS:
+            net = SpikingResNet(BasicBlock, [1], width=2, norm=norm, readout=readout, num_classes=2)
+            assert (net.norm, net.readout) == (norm, readout)
+    for decay in (0.0, 1e-9, 0.5, 1.0, 1.0 + 1e-9, float("nan")):  # the config's decay range is the neuron's
         neuron_ok = config_ok = True
         try:
             check_decay(decay)
@@ -160,16 +183,7 @@ def test_every_choice_has_one_owner():
             cfgmod.resolve({"decay": decay})
         except cfgmod.ConfigError:
             config_ok = False
-        assert neuron_ok == config_ok, decay
-    parser = build_parser()
-    train = parser._subparsers._group_actions[0].choices["train"]  # argparse keeps sub-parsers nowhere public
-    choices = {a.dest: tuple(a.choices) for a in train._actions if a.choices is not None}
-    assert choices == {"dataset": cfgmod.DATASETS, "norm": NORMS, "readout": READOUTS, "backend": ALL_BACKENDS,
-                       "opt": cfgmod.OPTIMIZERS, "loss": cfgmod.LOSSES, "amp": cfgmod.AMP_MODES,
-                       "recipe": tuple(sorted(RECIPES))}
-    for name, choices_of in (("norm", NORMS), ("readout", READOUTS), ("backend", ALL_BACKENDS)):
-        with pytest.raises(cfgmod.ConfigError, match=f"--{name} must be one of {', '.join(choices_of)}"):
-            cfgmod.resolve({name: "nope"})
+        assert neuron_ok == config_ok == neuron_choices.decay_in_range(decay), decay
 
 
 def test_the_cli_builds_models_with_strict_state():

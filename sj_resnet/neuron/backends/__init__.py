@@ -18,7 +18,8 @@ state dtype; ``v0`` and ``v_out`` are in it too. ``None`` is never materialised 
 natively: ``v0 is None`` is the zero state (fresh after ``reset_net``), an absent gradient is ``None``, and
 an unneeded ``grad_v0`` / ``grad_decay`` is neither computed nor returned. Nothing outside this package knows
 how a backend works; ``ops.py`` picks one by name and is the only caller. Adding a backend is one module here,
-one entry in ``FUSED_BACKENDS``, and one line in the parametrised backend tests.
+one entry in ``choices.FUSED_BACKENDS`` (the torch-free list the CLI shows), and one line in the parametrised
+backend tests.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-FUSED_BACKENDS = ("torch", "cupy")
-ALL_BACKENDS = ("auto", "reference", *FUSED_BACKENDS)
+from ..choices import BACKENDS, FUSED_BACKENDS
+
+__all__ = ["BACKENDS", "FUSED_BACKENDS", "cupy_available", "get_backend"]
+
 _MODULES = {"torch": ".torch_fused", "cupy": ".cupy"}
 
 
