@@ -1,17 +1,17 @@
 """Training-step cost of digits recipe knobs, side by side: ms per training sample for each configuration.
 
-Each configuration is ``resnet18_cifar`` on 1-channel ``S×S`` inputs (the digits default's neuron settings:
-decay 0.5, V_th 1.0, ATan, mean readout) with one AdamW step per batch: forward, backward and optimizer step on a
-fixed random batch, no data loading. After 3 warm-up steps per configuration, every round runs 4 steps of each
-configuration in rotating order; the statistic is the median over rounds and the ratio to the first
-configuration. Use it to price a recipe change before training with it (``docs/training.md``, round 3).
+Each configuration is the digits default (``sj_resnet.train.recipes.DATASET_DEFAULTS['digits']``: model, neuron,
+readout, AdamW settings) on 1-channel ``S×S`` inputs with the knobs below changed, timed as forward, backward and
+AdamW step on a fixed random batch, no data loading. After 3 warm-up steps per configuration, every round runs
+4 steps of each configuration in rotating order; the statistic is the median over rounds and the ratio to the
+first configuration. Use it to price a recipe change before training with it (``docs/training.md``, round 3).
 
 Usage::
 
     python -m benchmarks.recipe_cost w=24 w=16 w=24,T=3 w=16,b=128 --threads 2 --rounds 5
 
-A configuration is ``key=value`` pairs joined by commas: ``w`` width (24), ``T`` time steps (4), ``s`` input
-side (12), ``b`` batch (64), ``mem`` memory mode (standard), ``cl=1`` channels_last.
+A configuration is ``key=value`` pairs joined by commas: ``w`` width, ``T`` time steps, ``s`` input side,
+``b`` batch (defaults: the digits default's), ``mem`` memory mode (standard), ``cl=1`` channels_last.
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ from spikingjelly.activation_based import functional
 
 from sj_resnet.models import create_model
 from sj_resnet.train.modeling import parse_surrogate
+from sj_resnet.train.recipes import DATASET_DEFAULTS
 
-KEYS = {"w": 24, "T": 4, "s": 12, "b": 64, "mem": "standard", "cl": 0}
+DIGITS = DATASET_DEFAULTS["digits"]
+KEYS = {"w": DIGITS["width"], "T": DIGITS["T"], "s": DIGITS["image_size"], "b": DIGITS["batch_size"],
+        "mem": "standard", "cl": 0}
 
 
 def parse_config(spec: str) -> dict:
@@ -44,15 +47,15 @@ def parse_config(spec: str) -> dict:
 def make_step(cfg: dict, seed: int = 0):
     """A closure running one training step of ``cfg`` on a fixed random batch."""
     torch.manual_seed(seed)
-    model = create_model("resnet18_cifar", width=cfg["w"], T=cfg["T"], num_classes=10, in_channels=1,
-                         readout="mean", decay=0.5, v_threshold=1.0, surrogate_function=parse_surrogate("atan"),
-                         memory=cfg["mem"])
+    model = create_model(DIGITS["model"], width=cfg["w"], T=cfg["T"], num_classes=10, in_channels=1,
+                         readout=DIGITS["readout"], decay=DIGITS["decay"], v_threshold=DIGITS["v_threshold"],
+                         surrogate_function=parse_surrogate(DIGITS["surrogate"]), memory=cfg["mem"])
     x = torch.randn(cfg["b"], 1, cfg["s"], cfg["s"])
     if cfg["cl"]:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (cfg["b"],))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=DIGITS["lr"], weight_decay=DIGITS["wd"])
 
     def step() -> None:
         functional.reset_net(model)

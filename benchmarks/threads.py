@@ -31,20 +31,22 @@ from pathlib import Path
 
 import torch
 
+from sj_resnet.train.threads import SPIN_COUNT_ENV, WAIT_POLICY_ENV
+
 from . import common
 
-# The CLI driver: torch is imported first, so `prefer_passive_wait` cannot change the policy the parent chose.
+# The CLI driver: torch is imported first, so `prefer_wait_policy` cannot change the policy the parent chose.
 _DRIVER = "import sys, torch; from sj_resnet.cli import main; sys.exit(main(sys.argv[1:]))"
 _BURNER = "while True: pass"
 
 
 def wait_env(wait: str) -> dict[str, str]:
     """Environment variables for one wait policy name."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env = {k: v for k, v in os.environ.items() if k not in (WAIT_POLICY_ENV, SPIN_COUNT_ENV)}
     if wait == "passive":
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
+        env[WAIT_POLICY_ENV] = "PASSIVE"
     elif wait.startswith("spin"):
-        env["GOMP_SPINCOUNT"] = str(int(wait[4:]))
+        env[SPIN_COUNT_ENV] = str(int(wait[4:]))
     elif wait != "default":
         raise SystemExit(f"benchmarks.threads: unknown wait policy {wait!r}; use default, passive or spinN")
     return env

@@ -22,7 +22,7 @@ SURROGATES: dict[str, str] = {name.lower(): name for name in SURROGATE_CLASSES}
 
 DECAY_LOW, DECAY_HIGH = 0.0, 1.0
 """A decay must lie in ``(DECAY_LOW, DECAY_HIGH]``: above 0, and 1 at most (1 is the non-leaky IF neuron)."""
-DECAY_RANGE = "(0, 1]"
+DECAY_RANGE = f"({DECAY_LOW:g}, {DECAY_HIGH:g}]"
 
 SAVED_STATES = ("fp32", "fp16")
 """What a fused forward saves for backward:

@@ -111,7 +111,8 @@ def wait_policy() -> str:
 
 
 def wait_chosen() -> bool:
-    """Whether the CLI chose this process's wait (so one thread per core is safe to use)."""
+    """Whether this process's wait was chosen, by the CLI before torch loaded or in the environment (so one thread
+    per core is a deliberate choice, not libgomp's default spinning by accident)."""
     return _choice_note is not None or WAIT_POLICY_ENV in os.environ or SPIN_COUNT_ENV in os.environ
 
 
