@@ -304,8 +304,13 @@ class SpikingResNet(nn.Module):
                     carried.append(f"{name}.{key}" if name else key)
         return carried
 
-    @torch.compiler.disable
     def _check_fresh_state(self) -> None:
+        if torch.compiler.is_compiling():
+            # the check runs eagerly, as a graph break; wrapped here, not at import, which would load torch._dynamo
+            return torch.compiler.disable(type(self)._fresh_state_check)(self)
+        return self._fresh_state_check()
+
+    def _fresh_state_check(self) -> None:
         carried = self.carried_state()
         if carried:
             more = f" and {len(carried) - 3} more" if len(carried) > 3 else ""

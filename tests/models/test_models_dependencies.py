@@ -43,6 +43,8 @@ def test_library_imports_no_training_package(target):
     assert target.split(".")[0] in added  # the probe sees the import it makes
     assert not added & set(TRAIN_PACKAGES), added & set(TRAIN_PACKAGES)
     assert "sj_resnet.train" not in mods["after"]
+    # torch._dynamo costs ~2.5 s to import; only torch.compile should load it (strict_state wraps lazily)
+    assert "torch._dynamo" not in mods["after"]
 
 
 def test_choices_import_no_torch():

@@ -36,6 +36,22 @@ def test_strict_state_refuses_a_forgotten_reset():
     assert torch.equal(model(x), first)  # a reset makes it legal again, and the result is the fresh one
 
 
+def test_strict_state_checks_under_torch_compile():
+    """Compiled, the check runs eagerly as a graph break (wrapped with torch.compiler.disable on first use)."""
+    model = _tiny(strict_state=True).eval()
+    compiled = torch.compile(model, backend="eager")
+    x = torch.rand(2, 3, 8, 8)
+    for _ in range(2):  # the second round runs the cached graph
+        functional.reset_net(model)
+        first = compiled(x)
+        with pytest.raises(RuntimeError, match=r"reset_net\(model\)"):
+            compiled(x)
+    functional.reset_net(model)
+    assert torch.equal(compiled(x), first)
+    with model.continue_sequence():
+        compiled(x)
+
+
 @pytest.mark.parametrize("node", [None, neuron.LIFNode])
 def test_continue_sequence_streams_chunks_equal_to_one_long_sequence(node):
     """Streaming a [T, ...] sequence in two chunks inside continue_sequence() equals running it at once."""
