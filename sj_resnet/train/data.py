@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -49,6 +50,7 @@ class DataBundle:
     in_channels: int
     sequence: bool  # samples are [T, C, H, W] event frames
     description: str
+    train_collate: Callable | None = None  # the training loader's collate_fn (batch augmentation), default_collate
 
 
 # --------------------------------------------------------------------------------------------------
@@ -57,41 +59,59 @@ class DataBundle:
 
 
 class TensorImages(Dataset):
-    """In-memory images ``[N, C, H, W]`` with labels and optional per-sample augmentation.
+    """In-memory images ``[N, C, H, W]`` with labels; augmentation is a batch transform (:class:`AffineJitter`)."""
 
-    ``shift``: random translation by up to ``shift`` pixels (pads with the image minimum, the background after
-    normalisation, and crops back). ``rotate`` (degrees) / ``scale`` (fraction): a random affine warp first,
-    rotation in ``[-rotate, rotate]``, zoom in ``[1 - scale, 1 + scale]`` (bilinear, background fill).
-    """
-
-    def __init__(self, images: Tensor, labels: Tensor, shift: int = 0, rotate: float = 0.0, scale: float = 0.0
-                 ) -> None:
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
         self.images = images
         self.labels = labels
-        self.shift = int(shift)
-        self.rotate = float(rotate)
-        self.scale = float(scale)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        x = self.images[i]
-        if self.rotate > 0 or self.scale > 0:
-            u = torch.rand(2) * 2 - 1
-            angle = math.radians(self.rotate) * float(u[0])
-            zoom = 1.0 + self.scale * float(u[1])
-            c, s_ = math.cos(angle) / zoom, math.sin(angle) / zoom
-            theta = torch.tensor([[c, -s_, 0.0], [s_, c, 0.0]], dtype=x.dtype)
-            grid = F.affine_grid(theta[None], [1, *x.shape], align_corners=False)
-            bg = float(x.min())
-            x = F.grid_sample((x - bg)[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0] + bg
-        if self.shift > 0:
-            s = self.shift
-            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
-            h, w = x.shape[-2:]
-            x = F.pad(x, (s, s, s, s), value=float(x.min()))[:, dy:dy + h, dx:dx + w].contiguous()
-        return x, int(self.labels[i])
+        return self.images[i], int(self.labels[i])
+
+
+class AffineJitter:
+    """A ``collate_fn`` that stacks a batch and moves every image by its own random affine map, in one warp.
+
+    Per image ``n`` (drawn from the torch RNG: ``rand(N, 2)`` then ``randint(N, 2)``): rotation by
+    ``phi ~ U[-rotate, rotate]`` degrees, zoom ``z ~ U[1 - scale, 1 + scale]``, translation by integer pixels
+    ``(dy, dx) ~ U{-shift..shift}``. The output is ``out(p) = in(A (p + delta))`` in normalised coordinates, with
+    ``A = R(phi) / z`` and ``delta`` the translation (``2 dx / W``, ``2 dy / H``): the rotated, zoomed image moved by
+    ``(dy, dx)`` pixels, sampled once (bilinear); pixels from outside the image take the image's minimum (the
+    background after normalisation). One ``affine_grid`` + ``grid_sample`` per batch instead of per sample.
+    """
+
+    def __init__(self, rotate: float = 0.0, scale: float = 0.0, shift: int = 0) -> None:
+        self.rotate = float(rotate)
+        self.scale = float(scale)
+        self.shift = int(shift)
+
+    @property
+    def active(self) -> bool:
+        return self.rotate > 0 or self.scale > 0 or self.shift > 0
+
+    def __call__(self, batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+        x, y = default_collate(batch)
+        return self.warp(x), y
+
+    def warp(self, x: Tensor) -> Tensor:
+        """``[N, C, H, W]`` -> the same shape, each image moved by its own random map (see the class)."""
+        if not self.active:
+            return x
+        n, _, h, w = x.shape
+        u = torch.rand(n, 2, dtype=torch.float64) * 2 - 1
+        angle = u[:, 0] * math.radians(self.rotate)
+        zoom = 1.0 + self.scale * u[:, 1]
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        a = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # [N, 2, 2], (x, y) order
+        d = torch.randint(-self.shift, self.shift + 1, (n, 2)).to(torch.float64)  # (dy, dx) pixels
+        delta = torch.stack([2.0 * d[:, 1] / w, 2.0 * d[:, 0] / h], -1)  # normalised (x, y)
+        theta = torch.cat([a, (a @ delta[:, :, None])], -1).to(x.dtype)  # [N, 2, 3]
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        bg = x.amin(dim=(1, 2, 3), keepdim=True)
+        return F.grid_sample(x - bg, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + bg
 
 
 def digits(image_size: int = 16, augment: bool = True, max_shift: int | None = None, rotate: float = 0.0,
@@ -99,9 +119,9 @@ def digits(image_size: int = 16, augment: bool = True, max_shift: int | None = N
     """scikit-learn's 1797 handwritten digits (8x8, 0..16), bilinearly upsampled to ``image_size``.
 
     Fixed stratified 80/20 split (``random_state=0``): 1437 train / 360 test images; standardised with the
-    training set's mean and std. Augmentation: random translation of each sample by up to ``max_shift`` pixels
-    (default ``max(1, image_size // 8)``: 1 pixel at the training default 12x12, 2 pixels at 16x16), and the
-    affine warp of :class:`TensorImages` when ``rotate`` / ``scale`` are set.
+    training set's mean and std. Augmentation (:class:`AffineJitter`, per sample, applied to the batch): random
+    translation by up to ``max_shift`` pixels (default ``max(1, image_size // 8)``: 1 pixel at the training
+    default 12x12, 2 pixels at 16x16), rotation by up to ``rotate`` degrees and zoom by up to ``scale``.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -119,9 +139,9 @@ def digits(image_size: int = 16, augment: bool = True, max_shift: int | None = N
     mean, std = x[idx_train].mean(), x[idx_train].std()
     x = (x - mean) / std
     shift = (max(1, image_size // 8) if max_shift is None else int(max_shift)) if augment else 0
+    jitter = AffineJitter(rotate if augment else 0.0, scale if augment else 0.0, shift)
     return DataBundle(
-        train=TensorImages(x[idx_train], y[idx_train], shift=shift, rotate=rotate if augment else 0.0,
-                           scale=scale if augment else 0.0),
+        train=TensorImages(x[idx_train], y[idx_train]),
         test=TensorImages(x[idx_test], y[idx_test]),
         num_classes=10,
         in_channels=1,
@@ -129,6 +149,7 @@ def digits(image_size: int = 16, augment: bool = True, max_shift: int | None = N
         description=(
             f"digits (sklearn, 8x8 -> {image_size}x{image_size}): {len(idx_train)} train / {len(idx_test)} test"
         ),
+        train_collate=jitter if jitter.active else None,
     )
 
 
@@ -361,7 +382,8 @@ def build_loaders(bundle: DataBundle, cfg, rank: int, world_size: int, pin_memor
     gen.manual_seed(cfg.seed)
     common = {"num_workers": cfg.workers, "pin_memory": pin_memory, "worker_init_fn": _seed_worker,
               "persistent_workers": False}
-    train = DataLoader(bundle.train, batch_size=cfg.batch_size, sampler=sampler, generator=gen, **common)
+    train = DataLoader(bundle.train, batch_size=cfg.batch_size, sampler=sampler, generator=gen,
+                       collate_fn=bundle.train_collate, **common)
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
     test = DataLoader(bundle.test, batch_size=eval_bs, sampler=ShardSampler(len(bundle.test), world_size, rank),
                       **common)
