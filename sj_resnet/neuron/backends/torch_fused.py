@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..params import DecayFireParams
 from ..reference import broadcast_decay
-from ..surrogates import surrogate_grad
+from ..surrogates import surrogate_grad_
 
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504: |h - v_th| beyond it is saved as +-65504
 
@@ -122,10 +122,7 @@ def _surrogate_grad_into(out: Tensor, surrogate_id: int, z: Tensor, alpha: float
     """``sg(z)`` for one step (``z = h - v_th``, already in ``out`` when ``z is out``), written into ``out``."""
     if z is not out:
         out.copy_(z)
-    if surrogate_id == 0:  # Rect, the default: entirely in place
-        out.abs_().lt_(0.5 / alpha)
-        return out if alpha == 1.0 else out.mul_(alpha)
-    return out.copy_(surrogate_grad(surrogate_id, out, alpha))
+    return surrogate_grad_(surrogate_id, out, alpha)
 
 
 class _SavedState:
@@ -179,8 +176,10 @@ def backward(
     sdt = decay.dtype
     d = broadcast_decay(decay, saved)
     scalar = float(decay) if decay.dim() == 0 and decay.device.type == "cpu" else None  # no sync on CUDA
-    state = _SavedState(saved, p, sdt)
     gdt = grad_spike.dtype if grad_spike is not None else sdt
+    if grad_spike is not None and gdt == sdt and p.saved_state == "fp32" and saved.numel() <= WHOLE_MAX_ELEMS:
+        return _backward_whole(grad_spike, grad_v_out, saved, v0, decay, d, scalar, p, need_grad_v0, need_grad_decay)
+    state = _SavedState(saved, p, sdt)
     grad_x = torch.empty_like(saved, dtype=gdt)
 
     def step_buffer() -> Tensor:
@@ -253,6 +252,63 @@ def backward(
             grad_decay = acc.sum(dim=[i for i in range(acc.dim()) if i != 1])
         else:
             grad_decay = acc.sum().reshape(())
+    return grad_x, grad_v0, grad_decay
+
+
+#: the largest ``[T, N, *]`` sequence whose backward runs as whole-sequence ops (``_backward_whole``, one more
+#: full-size temporary); a larger one runs step by step through step-sized scratch buffers.
+WHOLE_MAX_ELEMS = 1 << 20
+
+
+def _backward_whole(
+    gs: Tensor, gv_out: Tensor | None, h: Tensor, v0: Tensor | None, decay: Tensor, d: Tensor,
+    scalar: float | None, p: DecayFireParams, need_grad_v0: bool, need_grad_decay: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``backward`` for ``saved_state='fp32'`` with a spike gradient in the state dtype, as whole-``[T, N, *]``
+    ops and one ``addcmul_`` per step (few dispatches: small layers are dominated by per-op overhead)::
+
+        grad_x = sg = surrogate'(h - v_th)                 all t, in place in the result
+        a      = (1 - o) - h * sg                          all t (1 - o with detach_reset); the one temporary
+        grad_x = gs * sg (+ a * gv)                        the local term (+ the v_seq / v_last gradient)
+        a     *= decay                                     only for a tensor decay (a scalar rides in addcmul_)
+        grad_x[t] += a[t] * decay * grad_x[t+1]            t = T-2..0, the recurrence
+        grad_decay = sum_{t>=1} grad_x[t] * v[t-1] (+ grad_x[0] * v0), v[t-1] = h[t-1] (1 - o[t-1]), in ``a``
+    """
+    T, vth = h.shape[0], p.v_threshold
+    grad_x = torch.sub(h, vth, out=torch.empty_like(h))
+    sg = surrogate_grad_(p.surrogate_id, grad_x, p.alpha)
+    a = torch.lt(h, vth, out=torch.empty_like(h))
+    if not p.detach_reset:
+        a.addcmul_(h, sg, value=-1.0)
+    grad_x.mul_(gs)
+    if gv_out is not None:
+        if p.store_v_seq:
+            grad_x.addcmul_(a, gv_out)
+        else:
+            grad_x[T - 1].addcmul_(a[T - 1], gv_out)
+    if scalar is None:
+        a.mul_(d)
+        for t in range(T - 2, -1, -1):
+            grad_x[t].addcmul_(a[t], grad_x[t + 1])
+    else:
+        for t in range(T - 2, -1, -1):
+            grad_x[t].addcmul_(a[t], grad_x[t + 1], value=scalar)
+    grad_v0 = torch.mul(grad_x[0], d, out=torch.empty_like(h[0])) if need_grad_v0 else None
+    grad_decay = None
+    if need_grad_decay:
+        terms = a  # free now: grad_x[t] * v[t-1] per neuron
+        if T > 1:
+            torch.lt(h[:-1], vth, out=terms[1:]).mul_(h[:-1]).mul_(grad_x[1:])
+        if v0 is None:  # the zero state adds nothing (and is never materialised)
+            terms = terms[1:]
+        else:
+            torch.mul(grad_x[0], v0, out=terms[0])
+        if terms.shape[0] == 0:
+            grad_decay = torch.zeros_like(decay)
+        elif decay.dim() == 1:
+            grad_decay = terms.sum(dim=[i for i in range(terms.dim()) if i != 2])
+        else:
+            grad_decay = terms.sum().reshape(())
     return grad_x, grad_v0, grad_decay
 
 
