@@ -62,11 +62,25 @@ def forward(
     v_seq = torch.empty_like(x_seq, dtype=sdt) if p.store_v_seq else None
     state = None if v_seq is not None else torch.empty_like(x_seq[0], dtype=sdt)  # v[t], one rolling buffer
     bufs = (x_seq, v0, spike_seq, h_seq, d_seq, v_seq, state, x_buf, o_buf)
-    for lo, hi in sample_blocks(x_seq, needs_grad):
+    vth = threshold_operand(p.v_threshold, sdt, x_seq.device)
+    blocks = sample_blocks(x_seq, needs_grad)
+    if len(blocks) == 1:
+        _steps(*bufs, d, vth)
+        blocks = []
+    for lo, hi in blocks:
         _steps(*(None if b is None else (b[:, lo:hi] if b.dim() == x_seq.dim() else b[lo:hi]) for b in bufs),
-               d, p.v_threshold)
+               d, vth)
     saved = h_seq if h_seq is not None else d_seq
     return spike_seq, (v_seq if v_seq is not None else state), saved
+
+
+def threshold_operand(v_threshold: float, dtype: torch.dtype, device: torch.device) -> float | Tensor:
+    """``V_th`` as the second operand of the comparisons and subtractions: on the CPU a 0-d tensor in the state
+    dtype (a Python float costs each op a wrapped-scalar conversion, ~2 us, which dominates small steps), on
+    CUDA the float itself (no host-to-device copy). Either way the op computes in the state dtype."""
+    if device.type == "cpu":
+        return torch.tensor(v_threshold, dtype=dtype)
+    return v_threshold
 
 
 #: neurons per step that one block of samples of the CPU inference loop aims at (1 MiB of float32 per buffer).
@@ -93,11 +107,14 @@ def sample_blocks(x_seq: Tensor, needs_grad: bool, block_elems: int | None = Non
     return [(lo, min(N, lo + k)) for lo in range(0, N, k)]
 
 
-def _steps(x_seq, v, spike_seq, h_seq, d_seq, v_seq, state, x_buf, o_buf, d, vth: float) -> None:
+def _steps(x_seq, v, spike_seq, h_seq, d_seq, v_seq, state, x_buf, o_buf, d, vth: float | Tensor) -> None:
     """The forward recurrence over all T steps of (a block of samples of) the sequence, into the given views
     (``v`` the initial state or ``None``; the last state ends in ``state`` or ``v_seq[-1]``)."""
     low = x_buf is not None
-    for t in range(x_seq.shape[0]):
+    # the step views, each list made by one call (fewer dispatches than indexing every step)
+    x_seq, spike_seq = x_seq.unbind(0), spike_seq.unbind(0)
+    h_seq, d_seq, v_seq = (None if b is None else b.unbind(0) for b in (h_seq, d_seq, v_seq))
+    for t in range(len(x_seq)):
         x = x_buf.copy_(x_seq[t]) if low else x_seq[t]
         v_new = v_seq[t] if v_seq is not None else state
         h = h_seq[t] if h_seq is not None else v_new  # h lives in v's buffer unless h_seq is saved
@@ -129,7 +146,7 @@ class _SavedState:
     """Reads ``z[t] = h[t] - v_th``, ``h[t]`` and ``1 - o[t]`` back from the saved tensor of either kind."""
 
     def __init__(self, saved: Tensor, p: DecayFireParams, sdt: torch.dtype) -> None:
-        self.saved, self.vth = saved, p.v_threshold
+        self.saved, self.vth = saved, threshold_operand(p.v_threshold, sdt, saved.device)
         self.fp16 = p.saved_state == "fp16"
         # float16 d: the spike is its sign bit (-0.0 is "below": h - v_th < 0 rounded to -0), read as int16 < 0
         self.bits = saved.view(torch.int16) if self.fp16 else None
@@ -274,7 +291,7 @@ def _backward_whole(
         grad_x[t] += a[t] * decay * grad_x[t+1]            t = T-2..0, the recurrence
         grad_decay = sum_{t>=1} grad_x[t] * v[t-1] (+ grad_x[0] * v0), v[t-1] = h[t-1] (1 - o[t-1]), in ``a``
     """
-    T, vth = h.shape[0], p.v_threshold
+    T, vth = h.shape[0], threshold_operand(p.v_threshold, decay.dtype, h.device)
     grad_x = torch.sub(h, vth, out=torch.empty_like(h))
     sg = surrogate_grad_(p.surrogate_id, grad_x, p.alpha)
     a = torch.lt(h, vth, out=torch.empty_like(h))
@@ -286,13 +303,12 @@ def _backward_whole(
             grad_x.addcmul_(a, gv_out)
         else:
             grad_x[T - 1].addcmul_(a[T - 1], gv_out)
-    if scalar is None:
-        a.mul_(d)
-        for t in range(T - 2, -1, -1):
-            grad_x[t].addcmul_(a[t], grad_x[t + 1])
-    else:
-        for t in range(T - 2, -1, -1):
-            grad_x[t].addcmul_(a[t], grad_x[t + 1], value=scalar)
+    gx, at = grad_x.unbind(0), (a.mul_(d) if scalar is None else a).unbind(0)
+    for t in range(T - 2, -1, -1):
+        if scalar is None:
+            gx[t].addcmul_(at[t], gx[t + 1])
+        else:
+            gx[t].addcmul_(at[t], gx[t + 1], value=scalar)
     grad_v0 = torch.mul(grad_x[0], d, out=torch.empty_like(h[0])) if need_grad_v0 else None
     grad_decay = None
     if need_grad_decay:
