@@ -268,15 +268,18 @@ def backward(
             grad_v0.zero_()
         else:
             torch.mul(g_next, d, out=grad_v0)
-    grad_decay = None
-    if need_grad_decay:
-        if acc is None:
-            grad_decay = torch.zeros_like(decay)
-        elif decay.dim() == 1:
-            grad_decay = acc.sum(dim=[i for i in range(acc.dim()) if i != 1])
-        else:
-            grad_decay = acc.sum().reshape(())
+    grad_decay = _sum_to_decay(acc, decay, 1) if need_grad_decay else None
     return grad_x, grad_v0, grad_decay
+
+
+def _sum_to_decay(terms: Tensor | None, decay: Tensor, channel_dim: int) -> Tensor:
+    """``dL/decay``: the per-neuron terms ``gh[t] * v[t-1]`` (``None`` when all are zero) summed to ``decay``'s
+    shape, over everything but ``channel_dim`` for a ``[C]`` decay."""
+    if terms is None:
+        return torch.zeros_like(decay)
+    if decay.dim() == 1:
+        return terms.sum(dim=[i for i in range(terms.dim()) if i != channel_dim])
+    return terms.sum().reshape(())
 
 
 #: the largest ``[T, N, *]`` sequence (elements) whose backward runs as whole-sequence ops (``_backward_whole``,
@@ -327,12 +330,7 @@ def _backward_whole(
             terms = terms[1:]
         else:
             torch.mul(grad_x[0], v0, out=terms[0])
-        if terms.shape[0] == 0:
-            grad_decay = torch.zeros_like(decay)
-        elif decay.dim() == 1:
-            grad_decay = terms.sum(dim=[i for i in range(terms.dim()) if i != 2])
-        else:
-            grad_decay = terms.sum().reshape(())
+        grad_decay = _sum_to_decay(terms if terms.shape[0] else None, decay, 2)
     return grad_x, grad_v0, grad_decay
 
 
