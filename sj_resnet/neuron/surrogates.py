@@ -72,9 +72,57 @@ def _erf(x: Tensor, a: float) -> Tensor:
     return torch.exp(-(ax * ax)) * (a / math.sqrt(math.pi))
 
 
+# In place: ``x`` (any float dtype, any strides) is overwritten by ``sg(x; a)`` and returned, no temporaries. The
+# same functions as above, rearranged into a chain of unary in-place ops (each tested against its row above).
+def _rect_(x: Tensor, a: float) -> Tensor:
+    x.abs_().lt_(0.5 / a)  # 1.0 / 0.0 in x's dtype
+    return x if a == 1.0 else x.mul_(a)
+
+
+def _sigmoid_(x: Tensor, a: float) -> Tensor:
+    # s (1 - s) = sigmoid(ax) sigmoid(-ax) = 1 / (4 cosh(ax/2)^2): accurate in both tails (cosh -> inf gives 0)
+    return x.mul_(a / 2).cosh_().square_().mul_(4.0 / a).reciprocal_()
+
+
+def _atan_(x: Tensor, a: float) -> Tensor:
+    # (a/2) / (1 + (pi/2 a x)^2) = 1 / (2/a + (2/a)(pi/2 a)^2 x^2): one addcmul (a 0-d tensor as its constant
+    # term, read as a scalar) and a reciprocal, two passes over x (the default surrogate of the CLI)
+    c = 2.0 / a
+    return torch.addcmul(x.new_full((), c), x, x, value=c * (math.pi / 2 * a) ** 2, out=x).reciprocal_()
+
+
+def _piecewise_quadratic_(x: Tensor, a: float) -> Tensor:
+    # a - a^2 |x| is < 0 exactly where |x| > 1/a (up to rounding at the edge, where both are 0 within an ulp)
+    return x.abs_().mul_(-a * a).add_(a).clamp_min_(0.0)
+
+
+def _piecewise_exp_(x: Tensor, a: float) -> Tensor:
+    return x.abs_().mul_(-a).exp_().mul_(a / 2)
+
+
+def _soft_sign_(x: Tensor, a: float) -> Tensor:
+    return x.abs_().add_(1.0 / a).square_().mul_(2.0 * a).reciprocal_()
+
+
+def _super_spike_(x: Tensor, a: float) -> Tensor:
+    return x.abs_().add_(1.0).square_().reciprocal_().mul_(a)
+
+
+def _erf_(x: Tensor, a: float) -> Tensor:
+    return x.square_().mul_(-a * a).exp_().mul_(a / math.sqrt(math.pi))
+
+
+IN_PLACE: dict[str, Callable[[Tensor, float], Tensor]] = {
+    "Rect": _rect_, "Sigmoid": _sigmoid_, "ATan": _atan_, "PiecewiseQuadratic": _piecewise_quadratic_,
+    "PiecewiseExp": _piecewise_exp_, "SoftSign": _soft_sign_, "SuperSpike": _super_spike_, "Erf": _erf_,
+}
+"""``sg(x; a)`` written over ``x``, one row per name of ``FORMULAS`` (what the torch backend's backward calls)."""
+
+
 @dataclass(frozen=True)
 class SurrogateSpec:
-    """One row of the table: the kernel id, the SpikingJelly class, ``sg(x, alpha)`` in torch, and two bounds.
+    """One row of the table: the kernel id, the SpikingJelly class, ``sg(x, alpha)`` in torch, two bounds, and
+    ``grad_(x, alpha)``, the same ``sg`` written over ``x`` (``IN_PLACE``).
 
     ``peak(a) = max_x sg(x; a)`` and ``slope(a) = max_x |sg'(x; a)|`` (the Lipschitz constant; Rect's is 0 away
     from its two jumps at ``|x| = 1/(2a)``). They bound how much a perturbed membrane changes the gradient
@@ -87,6 +135,7 @@ class SurrogateSpec:
     grad: Callable[[Tensor, float], Tensor]
     peak: Callable[[float], float]
     slope: Callable[[float], float]
+    grad_: Callable[[Tensor, float], Tensor]
 
 
 _Bound = Callable[[float], float]
@@ -104,7 +153,7 @@ FORMULAS: dict[str, tuple[type, Callable[[Tensor, float], Tensor], _Bound, _Boun
 """One row per name of ``choices.SURROGATE_CLASSES``: (SpikingJelly class, ``sg(x; a)``, ``peak(a)``, ``slope(a)``)."""
 
 SURROGATES: tuple[SurrogateSpec, ...] = tuple(
-    SurrogateSpec(sid, name, *FORMULAS[name]) for sid, name in enumerate(SURROGATE_CLASSES)
+    SurrogateSpec(sid, name, *FORMULAS[name], IN_PLACE[name]) for sid, name in enumerate(SURROGATE_CLASSES)
 )
 """The table, in kernel-id order (the order of ``choices.SURROGATE_CLASSES``)."""
 _BY_CLASS = {spec.sj_class: spec for spec in SURROGATES}
@@ -128,6 +177,11 @@ def lookup(surrogate_function: torch.nn.Module) -> tuple[int, float] | None:
 def surrogate_grad(sid: int, x: Tensor, alpha: float) -> Tensor:
     """``sg(x; alpha)`` of table row ``sid`` (a new tensor of x's dtype)."""
     return _BY_ID[sid].grad(x, alpha)
+
+
+def surrogate_grad_(sid: int, x: Tensor, alpha: float) -> Tensor:
+    """``sg(x; alpha)`` of table row ``sid`` written over ``x`` (returned), without temporaries."""
+    return _BY_ID[sid].grad_(x, alpha)
 
 
 def from_name(spec: str) -> torch.nn.Module:

@@ -13,7 +13,7 @@ import torch
 from spikingjelly.activation_based import surrogate
 
 from sj_resnet.neuron import decay_fire_multi_step
-from sj_resnet.neuron.backends import cupy_available
+from sj_resnet.neuron.backends import cupy_available, torch_fused
 from sj_resnet.neuron.testing import critical_offsets_for, sample_inputs
 
 FUSED = [pytest.param("torch", "cpu", id="torch-cpu")]
@@ -33,6 +33,15 @@ SURROGATES = {
     "SuperSpike": lambda: surrogate.SuperSpike(),
     "Erf": lambda: surrogate.Erf(),
 }
+
+
+@pytest.fixture(params=["whole", "steps"])
+def backward_path(request, monkeypatch):
+    """The torch backend's two backward paths: whole-sequence ops (small sequences) or step by step (large)."""
+    monkeypatch.setattr(torch_fused, "WHOLE_MAX_ELEMS", 1 << 40 if request.param == "whole" else 0)
+    return request.param
+
+
 SHAPE = (5, 3, 4, 7)  # [T, N, C, L]: 84 neurons per step, not a multiple of any block size
 
 
@@ -95,6 +104,7 @@ def compare(backend, device, dtype, sg_name, detach_reset, store_v_seq, decay_ki
     "detach_reset,store_v_seq,decay_kind,v0_kind",
     list(itertools.product([False, True], [False, True], ["float", "layer", "channel"], ["zero", "nonzero"])),
 )
+@pytest.mark.usefixtures("backward_path")
 def test_fp32_matches_reference(backend, device, sg_name, detach_reset, store_v_seq, decay_kind, v0_kind):
     compare(backend, device, torch.float32, sg_name, detach_reset, store_v_seq, decay_kind, v0_kind, 1e-5, 1e-5)
 
@@ -103,6 +113,7 @@ def test_fp32_matches_reference(backend, device, sg_name, detach_reset, store_v_
 @pytest.mark.parametrize("sg_name", ["Rect", "ATan", "Sigmoid"])
 @pytest.mark.parametrize("decay_kind", ["float", "channel"])
 @pytest.mark.parametrize("detach_reset", [False, True])
+@pytest.mark.usefixtures("backward_path")
 def test_fp64_matches_reference_exactly(backend, device, sg_name, decay_kind, detach_reset):
     compare(backend, device, torch.float64, sg_name, detach_reset, True, decay_kind, "nonzero", 1e-12, 1e-12)
 
@@ -111,6 +122,7 @@ def test_fp64_matches_reference_exactly(backend, device, sg_name, decay_kind, de
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("sg_name", ["Rect", "ATan", "Erf"])
 @pytest.mark.parametrize("store_v_seq", [False, True])
+@pytest.mark.usefixtures("backward_path")
 def test_half_inputs_keep_fp32_state(backend, device, dtype, sg_name, store_v_seq):
     """fp16/bf16 in, fp32 state: spikes exact; grad_x is rounded once to the input dtype."""
     tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
@@ -120,6 +132,7 @@ def test_half_inputs_keep_fp32_state(backend, device, dtype, sg_name, store_v_se
 @pytest.mark.parametrize("backend,device", FUSED)
 @pytest.mark.parametrize("decay_kind", ["layer", "channel"])
 @pytest.mark.parametrize("store_v_seq", [False, True])
+@pytest.mark.usefixtures("backward_path")
 def test_gradcheck_float64(backend, device, decay_kind, store_v_seq):
     """Finite differences vs the fused backward, float64, w.r.t. x, v0 and decay.
 
@@ -195,3 +208,49 @@ def test_fires_at_equality(backend, device, dtype):
     # column 0: h = 0.25, 0.0625 + 0.4375 = 0.5 (fires), 0.5 (fires); column 1: 0.5 (fires), 0, 0.25
     assert spikes.cpu().tolist() == [[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]]
     assert v_last.cpu().tolist() == [0.0, 0.25]
+
+
+@pytest.mark.parametrize("backend,device", FUSED)
+@pytest.mark.usefixtures("backward_path")
+@pytest.mark.parametrize("layout", ["channels_last", "transposed"])
+@pytest.mark.parametrize("decay_kind", ["layer", "channel"])
+def test_non_contiguous_backward(backend, device, layout, decay_kind):
+    """Gradients of a channels_last / transposed input, with an expanded (stride-0) spike gradient and a
+    v_seq gradient, match the reference's; grad_x keeps the input's strides."""
+    T, N, C, H, W = 3, 5, 4, 3, 2
+    g = torch.Generator().manual_seed(9)
+    flat = sample_inputs((T * N, C, H, W), seed=6)
+    if layout == "channels_last":
+        x = flat.contiguous(memory_format=torch.channels_last).view(T, N, C, H, W)
+    else:
+        x = flat.reshape(T, N, C, H, W).transpose(1, 2).contiguous().transpose(1, 2)
+    assert not x.is_contiguous()
+    decay = make_decay(decay_kind, torch.float32, "cpu")
+    v0 = torch.rand((N, C, H, W), generator=g) * 0.4
+    gs = torch.randn((1, N, C, H, W), generator=g).expand(T, N, C, H, W)
+    gvs = torch.randn((T, N, C, H, W), generator=g)
+    grads = []
+    for b, dev in (("reference", "cpu"), (backend, device)):
+        xr = x.detach().to(dev).requires_grad_()
+        vr = v0.to(dev).requires_grad_()
+        dr = decay.to(dev).requires_grad_()
+        spikes, _, v_seq = decay_fire_multi_step(xr, vr, dr, 0.5, surrogate.ATan(), False, True, b)
+        torch.autograd.backward([spikes, v_seq], [gs.to(dev), gvs.to(dev)])
+        grads.append((xr.grad.cpu(), vr.grad.cpu(), dr.grad.cpu()))
+        if b != "reference" and dev == "cpu":
+            assert xr.grad.stride() == xr.stride()
+    for r, o in zip(*grads, strict=True):
+        torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("numel,whole", [(1 << 10, True), ((1 << 20) + 1, False)])
+def test_backward_path_follows_the_size(monkeypatch, numel, whole):
+    """Sequences up to ``WHOLE_MAX_ELEMS`` run the whole-sequence backward, larger ones the step loop."""
+    calls = []
+    real = torch_fused._backward_whole
+    monkeypatch.setattr(torch_fused, "_backward_whole", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(torch_fused, "WHOLE_MAX_ELEMS", 1 << 20)
+    x = torch.randn(numel).view(1, 1, numel).expand(2, 1, numel).contiguous().requires_grad_()
+    spikes, _, _ = decay_fire_multi_step(x, backend="torch")
+    spikes.sum().backward()
+    assert bool(calls) == whole

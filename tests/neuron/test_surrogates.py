@@ -8,7 +8,15 @@ from spikingjelly.activation_based import surrogate
 
 from sj_resnet.neuron.choices import SURROGATE_CLASSES
 from sj_resnet.neuron.choices import SURROGATES as CLI_NAMES
-from sj_resnet.neuron.surrogates import FORMULAS, SURROGATES, from_name, lookup, surrogate_grad
+from sj_resnet.neuron.surrogates import (
+    FORMULAS,
+    IN_PLACE,
+    SURROGATES,
+    from_name,
+    lookup,
+    surrogate_grad,
+    surrogate_grad_,
+)
 
 
 @pytest.mark.parametrize("spec", SURROGATES, ids=lambda s: s.name)
@@ -21,6 +29,31 @@ def test_table_matches_spikingjelly_backward(spec, alpha):
     module(xr).sum().backward()
     torch.testing.assert_close(surrogate_grad(spec.sid, x, alpha), xr.grad, atol=1e-12, rtol=1e-10)
     assert lookup(module) == (spec.sid, alpha)
+
+
+@pytest.mark.parametrize("spec", SURROGATES, ids=lambda s: s.name)
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 3.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_in_place_grad_equals_the_formula(spec, alpha, dtype):
+    """``grad_`` overwrites its argument (any strides) with ``grad``'s value, to a few ulps of the peak (the
+    rearranged chain rounds differently; the tails of ``Sigmoid`` are more accurate than ``s (1 - s)``)."""
+    x = torch.linspace(-40, 40, 40001, dtype=torch.float64)
+    x = torch.cat([x, torch.tensor([0.0, -0.0, 0.5 / alpha, -0.5 / alpha, 1 / alpha, -1 / alpha])]).to(dtype)
+    x = torch.stack([x, x]).t()[:, 1]  # a strided view
+    want = spec.grad(x, alpha)
+    buf = x.clone()
+    got = surrogate_grad_(spec.sid, buf, alpha)
+    assert got is buf and got.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    if spec.name == "Rect":  # a 0/1 step: exact, its jumps included
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, atol=4 * eps * spec.peak(alpha), rtol=4 * eps)
+
+
+def test_in_place_table_covers_the_formula_table():
+    assert set(IN_PLACE) == set(FORMULAS)
+    assert all(spec.grad_ is IN_PLACE[spec.name] for spec in SURROGATES)
 
 
 def test_ids_are_unique_and_dense():
