@@ -36,7 +36,7 @@ from . import distributed, rundir
 from .config import TrainConfig
 from .engine import evaluate, forward_batch, progress, sync
 from .firing import FiringRateMonitor
-from .modeling import build_model, check_backend, count_parameters, model_spec
+from .modeling import build_model, check_backend, count_parameters, model_spec, resolve_memory_format
 from .recipes import RECIPE_NOTES
 from .report import Reporter, peak_memory_mib
 from .runtime import build_data, seed_all, start_runtime
@@ -189,7 +189,8 @@ class Trainer:
         """The network of ``cfg`` (``self.plain``, unwrapped), SyncBN-converted under torchrun if asked."""
         bundle = self.data.bundle
         self.spec = model_spec(self.cfg, bundle.num_classes, bundle.in_channels)
-        plain = build_model(self.spec).to(self.device)
+        self.memory_format = resolve_memory_format(self.cfg.memory_format, self.device)
+        plain = build_model(self.spec, memory_format=self.memory_format).to(self.device)
         if self.info.enabled and self.cfg.sync_bn:
             plain = torch.nn.SyncBatchNorm.convert_sync_batchnorm(plain)
         self.plain = plain
@@ -327,7 +328,8 @@ class Trainer:
         if cfg.recipe:
             self.reporter.log(f"  recipe: {cfg.recipe}: {RECIPE_NOTES[cfg.recipe]}")
         self.reporter.log(
-            f"  device: {self.device} ({torch.get_num_threads()} CPU threads: {self.rt.threads.reason})"
+            f"  device: {self.device} ({torch.get_num_threads()} CPU threads: {self.rt.threads.reason}; "
+            f"{'channels_last' if self.memory_format == torch.channels_last else 'contiguous'} layout)"
             + (f", recipe {cfg.recipe}" if cfg.recipe else "")
             + (f"; resuming at epoch {self.start_epoch + 1} step {self.start_step}" if self.history or self.start_step
                else "")
