@@ -147,6 +147,9 @@ def _add_train_options(p: argparse.ArgumentParser, only: Collection[str] | None 
                    help="continue from a checkpoint file or run directory (no PATH: --output-dir)")
     g.add_argument("--limit-train-batches", type=int, help="stop each epoch after N batches (smoke tests)")
     g.add_argument("--limit-eval-batches", type=int, help="evaluate on N batches only (smoke tests)")
+    g.add_argument("--eval-every", type=int,
+                   help="evaluate after every K-th epoch and after the last (1: every epoch); best.pt is the best "
+                        "evaluated epoch")
     g.add_argument("--stop-after-epochs", type=int,
                    help="end this invocation after N epochs (checkpointed); continue later with --resume")
     g.add_argument("--tensorboard", action=B, default=None, help="write TensorBoard events")

@@ -36,7 +36,8 @@ COMMAND_LINE_ONLY = ("data_dir", "download")
 # Options that may differ between a checkpoint and the command that resumes it.
 RESUME_MUTABLE = frozenset(
     {"output_dir", "workers", "device", "threads", "data_dir", "download", "tensorboard", "plot", "resume",
-     "limit_eval_batches", "compile", "backend", "eval_batch_size", "stop_after_epochs", "memory_format"}
+     "limit_eval_batches", "compile", "backend", "eval_batch_size", "stop_after_epochs", "memory_format",
+     "eval_every"}
 )
 
 
@@ -106,6 +107,7 @@ class TrainConfig:
     recipe: str | None = None
     limit_train_batches: int | None = None  # smoke tests: stop each epoch after this many batches
     limit_eval_batches: int | None = None
+    eval_every: int = 1  # evaluate after every k-th epoch and after the last one
     stop_after_epochs: int | None = None  # end this invocation (with a checkpoint) after N epochs; resume later
     tensorboard: bool = True
     plot: bool = True
@@ -168,7 +170,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for name in ("epochs", "batch_size", "T", "lr", "fake_size"):
         _check_positive(name, getattr(cfg, name))
     for name in ("width", "eval_batch_size", "image_size", "threads", "clip_grad", "limit_train_batches",
-                 "limit_eval_batches", "stop_after_epochs"):
+                 "limit_eval_batches", "stop_after_epochs", "eval_every"):
         _check_positive(name, getattr(cfg, name))
     for name in ("max_shift", "max_rotate", "max_scale", "wd", "warmup_epochs", "min_lr", "label_smoothing",
                  "workers", "momentum", "tet_lambda"):

@@ -109,6 +109,11 @@ def default_output_dir(cfg: TrainConfig) -> Path:
     return path
 
 
+def evaluates_after(epoch: int, epochs: int, every: int) -> bool:
+    """Whether the run evaluates after (1-based) ``epoch`` of ``epochs``: every ``every``-th one and the last."""
+    return epoch % every == 0 or epoch == epochs
+
+
 def _epoch_seed(cfg: TrainConfig, epoch: int, rank: int) -> int:
     return (cfg.seed * 1_000_003 + epoch * 997 + rank) % 2**63
 
@@ -364,30 +369,33 @@ class Trainer:
                     path = self.save(ckpt_io.LAST, epoch, start + res.steps, elapsed)
                     self._interrupted(path, epoch, start + res.steps)
                 train_firing = res.firing
-                ev = evaluate(self.eval_model, self.eval_plain, self.data.test_loader, cfg, self.device,
-                              self.data.bundle.sequence, self.eval_monitor, cfg.limit_eval_batches, desc="eval",
-                              show_progress=self.is_main)
-                last_eval = ev
-                if not math.isfinite(ev.loss):  # e.g. the last step of the epoch made the weights non-finite
-                    self._diverged(f"the test loss became non-finite (NaN/inf) after epoch {epoch + 1}")
+                ev = None
+                if evaluates_after(epoch + 1, cfg.epochs, cfg.eval_every):
+                    ev = evaluate(self.eval_model, self.eval_plain, self.data.test_loader, cfg, self.device,
+                                  self.data.bundle.sequence, self.eval_monitor, cfg.limit_eval_batches, desc="eval",
+                                  show_progress=self.is_main)
+                    last_eval = ev
+                    if not math.isfinite(ev.loss):  # e.g. the last step of the epoch made the weights non-finite
+                        self._diverged(f"the test loss became non-finite (NaN/inf) after epoch {epoch + 1}")
                 mem, mem_kind = peak_memory_mib(self.device)
                 row = {
                     "epoch": epoch + 1,
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "train_loss": res.loss, "train_acc": res.acc,
-                    "test_loss": ev.loss, "test_acc1": ev.acc1, "test_acc5": ev.acc5,
+                    # not evaluated this epoch (--eval-every): None, an empty cell in metrics.csv
+                    "test_loss": ev and ev.loss, "test_acc1": ev and ev.acc1, "test_acc5": ev and ev.acc5,
                     "train_img_s": res.samples / res.seconds if res.seconds > 0 else math.nan,
-                    "epoch_s": res.seconds + ev.seconds, "peak_mem_mib": mem,
-                    "train_firing": res.firing_mean, "test_firing": ev.firing_mean,
+                    "epoch_s": res.seconds + (ev.seconds if ev else 0.0), "peak_mem_mib": mem,
+                    "train_firing": res.firing_mean, "test_firing": ev and ev.firing_mean,
                     "grad_norm": res.grad_norm,
                 }
                 self.history.append(row)
                 elapsed = self.elapsed_before + time.perf_counter() - t_start
-                if ev.acc1 > self.best[0]:
+                if ev is not None and ev.acc1 > self.best[0]:
                     self.best = (ev.acc1, epoch + 1)
                     self.save(ckpt_io.BEST, epoch + 1, 0, elapsed, metrics=row, training_state=False)
                 path = self.save(ckpt_io.LAST, epoch + 1, 0, elapsed, metrics=row)
-                self.reporter.epoch(row, self.history, cfg.epochs, mem_kind, ev.firing)
+                self.reporter.epoch(row, self.history, cfg.epochs, mem_kind, ev.firing if ev else {})
                 if distributed.any_rank(stop(), self.device) and epoch + 1 < cfg.epochs:
                     self._interrupted(path, epoch + 1, 0)
                 done_here = epoch + 1 - self.start_epoch
