@@ -16,7 +16,7 @@ from typing import Any
 
 from .models.choices import MEMORY_HELP, NORMS, READOUTS
 from .neuron.choices import BACKENDS, DECAY_RANGE, SAVED_STATES, SURROGATES
-from .train.config import AMP_MODES, DATASETS, EVAL_FIELDS, FIELDS, LOSSES, OPTIMIZERS, resolve
+from .train.config import AMP_MODES, DATASETS, EVAL_FIELDS, FIELDS, LOSSES, MEMORY_FORMATS, OPTIMIZERS, resolve
 from .train.recipes import DATASET_DEFAULTS, RECIPES
 
 INTERRUPTED_EXIT = 130
@@ -132,6 +132,9 @@ def _add_train_options(p: argparse.ArgumentParser, only: Collection[str] | None 
                         "unset: off)")
     g.add_argument("--amp", choices=AMP_MODES, help="mixed precision (fp16 needs CUDA)")
     g.add_argument("--compile", action=B, default=None, help="torch.compile the model")
+    g.add_argument("--memory-format", choices=MEMORY_FORMATS,
+                   help="layout of weights and activations; auto: channels_last on a CPU (0.77x the step time of the "
+                        "digits default), contiguous on CUDA")
     g.add_argument("--sync-bn", action=B, default=None, help="SyncBatchNorm across processes (torchrun)")
 
     g = _Group(p, "run", only)
@@ -144,6 +147,9 @@ def _add_train_options(p: argparse.ArgumentParser, only: Collection[str] | None 
                    help="continue from a checkpoint file or run directory (no PATH: --output-dir)")
     g.add_argument("--limit-train-batches", type=int, help="stop each epoch after N batches (smoke tests)")
     g.add_argument("--limit-eval-batches", type=int, help="evaluate on N batches only (smoke tests)")
+    g.add_argument("--eval-every", type=int,
+                   help="evaluate after every K-th epoch and after the last (1: every epoch); best.pt is the best "
+                        "evaluated epoch")
     g.add_argument("--stop-after-epochs", type=int,
                    help="end this invocation after N epochs (checkpointed); continue later with --resume")
     g.add_argument("--tensorboard", action=B, default=None, help="write TensorBoard events")

@@ -266,6 +266,15 @@ class Bottleneck(_SpikingBlock):
         return self.sn3((out + self._apply_shortcut(s)).unflatten(0, (T, N)))
 
 
+def dense_repeat(rep: Tensor) -> Tensor:
+    """A dense copy of ``rep [T, N, C, H, W]`` (e.g. :func:`batch_norm_repeated`'s stride-0 view over ``T``) in which
+    every step keeps the layout of ``rep[0]``: NHWC steps stay NHWC (``channels_last``), so the blocks after the stem
+    see the layout of the convolutions' weights. (``.contiguous()`` would make every step NCHW.)"""
+    if rep.is_contiguous():
+        return rep
+    return torch.cat([rep[0]] * rep.shape[0]).unflatten(0, rep.shape[:2])
+
+
 def batch_norm_repeated(bn: nn.Module, y: Tensor, repeats: int) -> Tensor:
     """``bn`` applied to ``repeats`` identical copies of ``y [N, C, H, W]``, computed on one copy.
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .blocks import BasicBlock, Bottleneck, batch_norm_repeated, init_bn, make_neuron, neuron_threshold
+from .blocks import BasicBlock, Bottleneck, batch_norm_repeated, dense_repeat, init_bn, make_neuron, neuron_threshold
 from .choices import NORMS, READOUTS, STEMS, MemoryMode, parse_memory
 from .memory import SpikeInput, apply_checkpoint, check_spiking, compact_neuron_kwargs
 from .registry import WeightsEntry, register_model
@@ -228,8 +228,8 @@ class SpikingResNet(nn.Module):
         see ``blocks.batch_norm_repeated``); a sequence's run on every step.
         """
         if x.dim() == 4:
-            # contiguous: the repeat is a stride-0 view, and a third-party node may .view() its input
-            y = batch_norm_repeated(self.bn1, self.conv1(x), self.T).contiguous()
+            # dense: the repeat is a stride-0 view, and a third-party node may .view() its input
+            y = dense_repeat(batch_norm_repeated(self.bn1, self.conv1(x), self.T))
         else:
             T, N = x.shape[:2]
             y = self.bn1(self.conv1(x.flatten(0, 1))).unflatten(0, (T, N))

@@ -20,6 +20,8 @@ from .recipes import DATASET_DEFAULTS, RECIPES
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LOSSES = ("ce", "tet")
 AMP_MODES = ("none", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+"""``--memory-format``: the layout of the model's weights and activations (``modeling.resolve_memory_format``)."""
 DATASETS = ("digits", "fake", "cifar10", "cifar100", "imagenet", "cifar10-dvs", "dvs128-gesture")
 """Every ``--dataset`` (``data.build_datasets`` builds each; ``recipes.DATASET_DEFAULTS`` has an entry for each)."""
 # The model's and the neuron's choices (norms, readouts, memory modes, backends, surrogate names, the decay range,
@@ -34,14 +36,15 @@ COMMAND_LINE_ONLY = ("data_dir", "download")
 # Options that may differ between a checkpoint and the command that resumes it.
 RESUME_MUTABLE = frozenset(
     {"output_dir", "workers", "device", "threads", "data_dir", "download", "tensorboard", "plot", "resume",
-     "limit_eval_batches", "compile", "backend", "eval_batch_size", "stop_after_epochs"}
+     "limit_eval_batches", "compile", "backend", "eval_batch_size", "stop_after_epochs", "memory_format",
+     "eval_every"}
 )
 
 
 # Options `sj-resnet eval` may set; every other field comes from the evaluated checkpoint's config.
 EVAL_FIELDS = frozenset(
     {"dataset", "data_dir", "download", "batch_size", "eval_batch_size", "workers", "device", "limit_eval_batches",
-     "amp", "backend", "threads", "image_size", "fake_size"}
+     "amp", "backend", "threads", "image_size", "fake_size", "memory_format"}
 )
 
 
@@ -94,6 +97,7 @@ class TrainConfig:
     ema_decay: float | None = None  # evaluate an exponential moving average of the weights (per-step decay)
     amp: str = "none"
     compile: bool = False
+    memory_format: str = "auto"  # channels_last on a CPU, contiguous on CUDA (see modeling.resolve_memory_format)
     sync_bn: bool = False
     # run
     seed: int = 0
@@ -103,6 +107,7 @@ class TrainConfig:
     recipe: str | None = None
     limit_train_batches: int | None = None  # smoke tests: stop each epoch after this many batches
     limit_eval_batches: int | None = None
+    eval_every: int = 1  # evaluate after every k-th epoch and after the last one
     stop_after_epochs: int | None = None  # end this invocation (with a checkpoint) after N epochs; resume later
     tensorboard: bool = True
     plot: bool = True
@@ -158,13 +163,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _check_choice("opt", cfg.opt, OPTIMIZERS)
     _check_choice("loss", cfg.loss, LOSSES)
     _check_choice("amp", cfg.amp, AMP_MODES)
+    _check_choice("memory_format", cfg.memory_format, MEMORY_FORMATS)
     _check_choice("norm", cfg.norm, NORMS)
     _check_choice("readout", cfg.readout, READOUTS)
     _check_choice("backend", cfg.backend, BACKENDS)
     for name in ("epochs", "batch_size", "T", "lr", "fake_size"):
         _check_positive(name, getattr(cfg, name))
     for name in ("width", "eval_batch_size", "image_size", "threads", "clip_grad", "limit_train_batches",
-                 "limit_eval_batches", "stop_after_epochs"):
+                 "limit_eval_batches", "stop_after_epochs", "eval_every"):
         _check_positive(name, getattr(cfg, name))
     for name in ("max_shift", "max_rotate", "max_scale", "wd", "warmup_epochs", "min_lr", "label_smoothing",
                  "workers", "momentum", "tet_lambda"):

@@ -385,6 +385,10 @@ def build_loaders(bundle: DataBundle, cfg, rank: int, world_size: int, pin_memor
     train = DataLoader(bundle.train, batch_size=cfg.batch_size, sampler=sampler, generator=gen,
                        collate_fn=bundle.train_collate, **common)
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+    # its own generator: an evaluation draws nothing from the global torch RNG that the training augmentation uses,
+    # so when and how often a run evaluates (--eval-every) does not change its training
+    test_gen = torch.Generator()
+    test_gen.manual_seed(cfg.seed)
     test = DataLoader(bundle.test, batch_size=eval_bs, sampler=ShardSampler(len(bundle.test), world_size, rank),
-                      **common)
+                      generator=test_gen, **common)
     return train, test, sampler

@@ -20,7 +20,7 @@ from . import distributed
 from .config import COMMAND_LINE_ONLY, EVAL_FIELDS, ConfigError, TrainConfig, validate
 from .engine import evaluate
 from .firing import FiringRateMonitor
-from .modeling import build_model, check_backend, count_parameters
+from .modeling import build_model, check_backend, count_parameters, resolve_memory_format
 from .rundir import check_output_file
 from .runtime import build_data, start_runtime
 
@@ -59,7 +59,7 @@ def run_eval(checkpoint: str, overrides: dict[str, Any], output: str | None = No
                 f"checkpoint's model has {kw['num_classes']} / {kw['in_channels']}; evaluate it on the dataset it was "
                 "trained on"
             )
-        model = build_model(spec).to(rt.device)
+        model = build_model(spec, memory_format=resolve_memory_format(cfg.memory_format, rt.device)).to(rt.device)
         weights = ck.get("eval_model") or ck["model"]  # the EMA weights of an --ema-decay run
         ckpt_io.load_model_state(model, weights, str(path))
         ev = evaluate(model, model, data.test_loader, cfg, rt.device, bundle.sequence, FiringRateMonitor(model),

@@ -4,7 +4,8 @@
 Columns of ``metrics.csv`` (one row per epoch, rewritten from the checkpoint's history on resume):
 ``epoch, lr, train_loss, train_acc, test_loss, test_acc1, test_acc5, train_img_s, epoch_s, peak_mem_mib,
 train_firing, test_firing, grad_norm`` (accuracies and firing rates as fractions in [0, 1]; ``grad_norm``: mean
-global gradient norm before clipping, rank 0's).
+global gradient norm before clipping, rank 0's). The test columns are empty after an epoch that was not evaluated
+(``--eval-every``).
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ def peak_memory_mib(device: torch.device) -> tuple[float, str]:
 
 
 def format_epoch(row: dict[str, Any], epochs: int, mem_kind: str) -> str:
-    """One human-readable line per epoch."""
+    """One human-readable line per epoch (the test columns blank after an epoch that was not evaluated)."""
+    if row["test_acc1"] is None:
+        test = f"{'test  (not evaluated this epoch)':45s}"
+    else:
+        test = (f"test loss {row['test_loss']:.4f} acc@1 {100 * row['test_acc1']:6.2f}% "
+                f"acc@5 {100 * row['test_acc5']:6.2f}%")
     return (
         f"epoch {row['epoch']:>3d}/{epochs}  "
         f"train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:6.2f}%  "
-        f"test loss {row['test_loss']:.4f} acc@1 {100 * row['test_acc1']:6.2f}% acc@5 {100 * row['test_acc5']:6.2f}%  "
+        f"{test}  "
         f"{row['train_img_s']:7.1f} img/s  {row['epoch_s']:6.1f} s  "
         f"peak {row['peak_mem_mib']:.0f} MiB ({mem_kind})  firing {row['train_firing']:.3f}  "
         f"|grad| {row.get('grad_norm', math.nan):.3g}  lr {row['lr']:.2e}"
@@ -132,15 +138,18 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     ep = [r["epoch"] for r in history]
+    evaluated = [r for r in history if r["test_acc1"] is not None]  # --eval-every: the evaluated epochs
+    ev_ep = [r["epoch"] for r in evaluated]
+    mark = "o" if len(evaluated) < len(history) else None
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(ep, [r["train_loss"] for r in history], label="train")
-    axes[0].plot(ep, [r["test_loss"] for r in history], label="test")
+    axes[0].plot(ev_ep, [r["test_loss"] for r in evaluated], label="test", marker=mark)
     axes[0].set_title("loss")
     axes[1].plot(ep, [100 * r["train_acc"] for r in history], label="train")
-    axes[1].plot(ep, [100 * r["test_acc1"] for r in history], label="test acc@1")
+    axes[1].plot(ev_ep, [100 * r["test_acc1"] for r in evaluated], label="test acc@1", marker=mark)
     axes[1].set_title("accuracy (%)")
     axes[2].plot(ep, [r["train_firing"] for r in history], label="train")
-    axes[2].plot(ep, [r["test_firing"] for r in history], label="test")
+    axes[2].plot(ev_ep, [r["test_firing"] for r in evaluated], label="test", marker=mark)
     axes[2].set_title("mean firing rate")
     for ax in axes:
         ax.set_xlabel("epoch")

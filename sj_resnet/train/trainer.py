@@ -36,7 +36,7 @@ from . import distributed, rundir
 from .config import TrainConfig
 from .engine import evaluate, forward_batch, progress, sync
 from .firing import FiringRateMonitor
-from .modeling import build_model, check_backend, count_parameters, model_spec
+from .modeling import build_model, check_backend, count_parameters, model_spec, resolve_memory_format
 from .recipes import RECIPE_NOTES
 from .report import Reporter, peak_memory_mib
 from .runtime import build_data, seed_all, start_runtime
@@ -107,6 +107,11 @@ def default_output_dir(cfg: TrainConfig) -> Path:
     while path.exists():
         path, i = Path(f"{base}-{i}"), i + 1
     return path
+
+
+def evaluates_after(epoch: int, epochs: int, every: int) -> bool:
+    """Whether the run evaluates after (1-based) ``epoch`` of ``epochs``: every ``every``-th one and the last."""
+    return epoch % every == 0 or epoch == epochs
 
 
 def _epoch_seed(cfg: TrainConfig, epoch: int, rank: int) -> int:
@@ -189,7 +194,8 @@ class Trainer:
         """The network of ``cfg`` (``self.plain``, unwrapped), SyncBN-converted under torchrun if asked."""
         bundle = self.data.bundle
         self.spec = model_spec(self.cfg, bundle.num_classes, bundle.in_channels)
-        plain = build_model(self.spec).to(self.device)
+        self.memory_format = resolve_memory_format(self.cfg.memory_format, self.device)
+        plain = build_model(self.spec, memory_format=self.memory_format).to(self.device)
         if self.info.enabled and self.cfg.sync_bn:
             plain = torch.nn.SyncBatchNorm.convert_sync_batchnorm(plain)
         self.plain = plain
@@ -327,7 +333,8 @@ class Trainer:
         if cfg.recipe:
             self.reporter.log(f"  recipe: {cfg.recipe}: {RECIPE_NOTES[cfg.recipe]}")
         self.reporter.log(
-            f"  device: {self.device} ({torch.get_num_threads()} CPU threads: {self.rt.threads.reason})"
+            f"  device: {self.device} ({torch.get_num_threads()} CPU threads: {self.rt.threads.reason}; "
+            f"{'channels_last' if self.memory_format == torch.channels_last else 'contiguous'} layout)"
             + (f", recipe {cfg.recipe}" if cfg.recipe else "")
             + (f"; resuming at epoch {self.start_epoch + 1} step {self.start_step}" if self.history or self.start_step
                else "")
@@ -362,30 +369,33 @@ class Trainer:
                     path = self.save(ckpt_io.LAST, epoch, start + res.steps, elapsed)
                     self._interrupted(path, epoch, start + res.steps)
                 train_firing = res.firing
-                ev = evaluate(self.eval_model, self.eval_plain, self.data.test_loader, cfg, self.device,
-                              self.data.bundle.sequence, self.eval_monitor, cfg.limit_eval_batches, desc="eval",
-                              show_progress=self.is_main)
-                last_eval = ev
-                if not math.isfinite(ev.loss):  # e.g. the last step of the epoch made the weights non-finite
-                    self._diverged(f"the test loss became non-finite (NaN/inf) after epoch {epoch + 1}")
+                ev = None
+                if evaluates_after(epoch + 1, cfg.epochs, cfg.eval_every):
+                    ev = evaluate(self.eval_model, self.eval_plain, self.data.test_loader, cfg, self.device,
+                                  self.data.bundle.sequence, self.eval_monitor, cfg.limit_eval_batches, desc="eval",
+                                  show_progress=self.is_main)
+                    last_eval = ev
+                    if not math.isfinite(ev.loss):  # e.g. the last step of the epoch made the weights non-finite
+                        self._diverged(f"the test loss became non-finite (NaN/inf) after epoch {epoch + 1}")
                 mem, mem_kind = peak_memory_mib(self.device)
                 row = {
                     "epoch": epoch + 1,
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "train_loss": res.loss, "train_acc": res.acc,
-                    "test_loss": ev.loss, "test_acc1": ev.acc1, "test_acc5": ev.acc5,
+                    # not evaluated this epoch (--eval-every): None, an empty cell in metrics.csv
+                    "test_loss": ev and ev.loss, "test_acc1": ev and ev.acc1, "test_acc5": ev and ev.acc5,
                     "train_img_s": res.samples / res.seconds if res.seconds > 0 else math.nan,
-                    "epoch_s": res.seconds + ev.seconds, "peak_mem_mib": mem,
-                    "train_firing": res.firing_mean, "test_firing": ev.firing_mean,
+                    "epoch_s": res.seconds + (ev.seconds if ev else 0.0), "peak_mem_mib": mem,
+                    "train_firing": res.firing_mean, "test_firing": ev and ev.firing_mean,
                     "grad_norm": res.grad_norm,
                 }
                 self.history.append(row)
                 elapsed = self.elapsed_before + time.perf_counter() - t_start
-                if ev.acc1 > self.best[0]:
+                if ev is not None and ev.acc1 > self.best[0]:
                     self.best = (ev.acc1, epoch + 1)
                     self.save(ckpt_io.BEST, epoch + 1, 0, elapsed, metrics=row, training_state=False)
                 path = self.save(ckpt_io.LAST, epoch + 1, 0, elapsed, metrics=row)
-                self.reporter.epoch(row, self.history, cfg.epochs, mem_kind, ev.firing)
+                self.reporter.epoch(row, self.history, cfg.epochs, mem_kind, ev.firing if ev else {})
                 if distributed.any_rank(stop(), self.device) and epoch + 1 < cfg.epochs:
                     self._interrupted(path, epoch + 1, 0)
                 done_here = epoch + 1 - self.start_epoch
