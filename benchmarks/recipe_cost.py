@@ -11,7 +11,9 @@ Usage::
     python -m benchmarks.recipe_cost w=24 w=16 w=24,T=3 w=16,b=128 --threads 2 --rounds 5
 
 A configuration is ``key=value`` pairs joined by commas: ``w`` width, ``T`` time steps, ``s`` input side,
-``b`` batch (defaults: the digits default's), ``mem`` memory mode (standard), ``cl=1`` channels_last.
+``b`` batch (defaults: the digits default's), ``mem`` memory mode (standard), ``cl`` channels_last (1, the
+command's layout on a CPU; ``cl=0`` contiguous). The optimizer is the command's (``train.schedule.build_optimizer``:
+AdamW, fused).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
 from sj_resnet.models import create_model
+from sj_resnet.train.config import resolve
 from sj_resnet.train.modeling import parse_surrogate
 from sj_resnet.train.recipes import DATASET_DEFAULTS
+from sj_resnet.train.schedule import build_optimizer
 
 DIGITS = DATASET_DEFAULTS["digits"]
 KEYS = {"w": DIGITS["width"], "T": DIGITS["T"], "s": DIGITS["image_size"], "b": DIGITS["batch_size"],
-        "mem": "standard", "cl": 0}
+        "mem": "standard", "cl": 1}
 
 
 def parse_config(spec: str) -> dict:
@@ -55,7 +59,7 @@ def make_step(cfg: dict, seed: int = 0):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (cfg["b"],))
-    opt = torch.optim.AdamW(model.parameters(), lr=DIGITS["lr"], weight_decay=DIGITS["wd"])
+    opt = build_optimizer(model.parameters(), resolve({}))  # the digits default's AdamW, as the command builds it
 
     def step() -> None:
         functional.reset_net(model)

@@ -209,9 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from .train.malloc import keep_freed_memory
     from .train.threads import prefer_wait_policy
 
     prefer_wait_policy()  # before torch loads: the OpenMP wait for this machine's load (docs/training.md, "Threads")
+    keep_freed_memory()  # no page faults for every step's activations (train/malloc.py)
 
     missing = _missing_train_packages()
     if missing:

@@ -132,16 +132,14 @@ class Reporter:
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     """Loss, accuracy and mean firing rate per epoch, three panels, matplotlib Agg."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # the object API: no pyplot import (~0.6 s), no global figure state
 
     ep = [r["epoch"] for r in history]
     evaluated = [r for r in history if r["test_acc1"] is not None]  # --eval-every: the evaluated epochs
     ev_ep = [r["epoch"] for r in evaluated]
     mark = "o" if len(evaluated) < len(history) else None
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig = Figure(figsize=(13, 3.6))
+    axes = fig.subplots(1, 3)
     axes[0].plot(ep, [r["train_loss"] for r in history], label="train")
     axes[0].plot(ev_ep, [r["test_loss"] for r in evaluated], label="test", marker=mark)
     axes[0].set_title("loss")
@@ -157,4 +155,3 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -36,6 +36,7 @@ from . import distributed, rundir
 from .config import TrainConfig
 from .engine import evaluate, forward_batch, progress, sync
 from .firing import FiringRateMonitor
+from .malloc import malloc_note
 from .modeling import build_model, check_backend, count_parameters, model_spec, resolve_memory_format
 from .recipes import RECIPE_NOTES
 from .report import Reporter, peak_memory_mib
@@ -334,7 +335,8 @@ class Trainer:
             self.reporter.log(f"  recipe: {cfg.recipe}: {RECIPE_NOTES[cfg.recipe]}")
         self.reporter.log(
             f"  device: {self.device} ({torch.get_num_threads()} CPU threads: {self.rt.threads.reason}; "
-            f"{'channels_last' if self.memory_format == torch.channels_last else 'contiguous'} layout)"
+            f"{'channels_last' if self.memory_format == torch.channels_last else 'contiguous'} layout; "
+            f"{malloc_note()})"
             + (f", recipe {cfg.recipe}" if cfg.recipe else "")
             + (f"; resuming at epoch {self.start_epoch + 1} step {self.start_step}" if self.history or self.start_step
                else "")

@@ -156,5 +156,6 @@ def test_recipe_cost_prices_each_configuration(capsys):
     assert recipe_cost.main(["w=4,s=8,b=4,T=2", "w=8,s=8,b=4,T=2", "--rounds", "1", "--steps", "1"]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "ms" in ln and "x" in ln]
     assert len(lines) == 2 and lines[0].rstrip().endswith("1.00x")
+    assert recipe_cost.parse_config("")["cl"] == 1  # the command's layout on a CPU (--memory-format auto)
     with pytest.raises(SystemExit, match="bad configuration item"):
         recipe_cost.parse_config("width=16")

@@ -138,8 +138,8 @@ def test_parse_surrogate():
 
 
 def test_every_choice_has_one_owner():
-    """The CLI's choices are the owners' objects (no copies): datasets, optimizers, losses and AMP modes from
-    train/config.py, norms and readouts from models/choices.py, backends and saved-state kinds from
+    """The CLI's choices are the owners' objects (no copies): datasets, optimizers, losses, AMP modes and memory
+    formats from train/config.py, norms and readouts from models/choices.py, backends and saved-state kinds from
     neuron/choices.py; the config checks with the same lists, and the neuron and models use them too."""
     from sj_resnet.cli import build_parser
     from sj_resnet.models import BasicBlock, SpikingResNet
@@ -153,7 +153,8 @@ def test_every_choice_has_one_owner():
     choices = {a.dest: a.choices for a in train._actions if a.choices is not None}
     owners = {"dataset": cfgmod.DATASETS, "norm": model_choices.NORMS, "readout": model_choices.READOUTS,
               "backend": neuron_choices.BACKENDS, "saved_state": neuron_choices.SAVED_STATES,
-              "opt": cfgmod.OPTIMIZERS, "loss": cfgmod.LOSSES, "amp": cfgmod.AMP_MODES}
+              "opt": cfgmod.OPTIMIZERS, "loss": cfgmod.LOSSES, "amp": cfgmod.AMP_MODES,
+              "memory_format": cfgmod.MEMORY_FORMATS}
     assert set(choices) == set(owners) | {"recipe"} and choices["recipe"] == sorted(RECIPES)
     for dest, owner in owners.items():
         assert choices[dest] is owner, dest
