@@ -21,6 +21,7 @@ _DIGITS = {
     # AdamW 3e-3 with decoupled weight decay 0.05, cosine, per-sample shift/rotation/zoom augmentation, 30 epochs,
     # evaluated on an EMA of the weights (decay 0.99 per step, with warmup). Round 3 (issue 15): width 16 costs
     # 0.52x width 24 per sample; at 30 epochs it passed 98.5 % on every seed run under both AVX2 and AVX-512.
+    # Round 4: the same recipe on faster code (channels_last, fused AdamW, ...): 9 of 10 seeds per ISA, seed 0 both.
     "model": "resnet18_cifar",
     "width": 16,
     "T": 4,
