@@ -269,8 +269,9 @@ class Bottleneck(_SpikingBlock):
 def dense_repeat(rep: Tensor) -> Tensor:
     """A dense copy of ``rep [T, N, C, H, W]`` (e.g. :func:`batch_norm_repeated`'s stride-0 view over ``T``) in which
     every step keeps the layout of ``rep[0]``: NHWC steps stay NHWC (``channels_last``), so the blocks after the stem
-    see the layout of the convolutions' weights. (``.contiguous()`` would make every step NCHW.)"""
-    if rep.is_contiguous():
+    see the layout of the convolutions' weights. (``.contiguous()`` would make every step NCHW.) A ``rep`` that is
+    already materialised (no stride-0 time dim: the naive-repeat fallback, ``T = 1``) is returned as it is."""
+    if rep.stride(0) != 0:
         return rep
     return torch.cat([rep[0]] * rep.shape[0]).unflatten(0, rep.shape[:2])
 

@@ -385,10 +385,11 @@ class Trainer:
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "train_loss": res.loss, "train_acc": res.acc,
                     # not evaluated this epoch (--eval-every): None, an empty cell in metrics.csv
-                    "test_loss": ev and ev.loss, "test_acc1": ev and ev.acc1, "test_acc5": ev and ev.acc5,
+                    "test_loss": ev.loss if ev else None, "test_acc1": ev.acc1 if ev else None,
+                    "test_acc5": ev.acc5 if ev else None,
                     "train_img_s": res.samples / res.seconds if res.seconds > 0 else math.nan,
                     "epoch_s": res.seconds + (ev.seconds if ev else 0.0), "peak_mem_mib": mem,
-                    "train_firing": res.firing_mean, "test_firing": ev and ev.firing_mean,
+                    "train_firing": res.firing_mean, "test_firing": ev.firing_mean if ev else None,
                     "grad_norm": res.grad_norm,
                 }
                 self.history.append(row)

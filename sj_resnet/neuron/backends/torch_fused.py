@@ -70,12 +70,12 @@ def forward(
     bufs = (x_seq, v0, spike_seq, h_seq, d_seq, v_seq, state, x_buf, o_buf)
     vth = threshold_operand(p.v_threshold, sdt, x_seq.device)
     blocks = sample_blocks(x_seq, needs_grad)
-    if len(blocks) == 1:
+    if len(blocks) == 1:  # the whole sequence: no slicing
         _steps(*bufs, d, vth)
-        blocks = []
-    for lo, hi in blocks:
-        _steps(*(None if b is None else (b[:, lo:hi] if b.dim() == x_seq.dim() else b[lo:hi]) for b in bufs),
-               d, vth)
+    else:
+        for lo, hi in blocks:
+            _steps(*(None if b is None else (b[:, lo:hi] if b.dim() == x_seq.dim() else b[lo:hi]) for b in bufs),
+                   d, vth)
     saved = h_seq if h_seq is not None else d_seq
     return spike_seq, (v_seq if v_seq is not None else state), saved
 
